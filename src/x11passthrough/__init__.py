@@ -1,0 +1,9 @@
+"""Let Docker containers open windows on the host's X display, safely and fast."""
+
+from __future__ import annotations
+
+from . import exceptions
+from .exceptions import X11PassthroughError
+
+
+__all__ = ["X11PassthroughError", "exceptions"]

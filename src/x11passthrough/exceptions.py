@@ -1,0 +1,68 @@
+"""
+Exceptions raised by x11passthrough.
+
+Every error the library raises on purpose derives from :class:`X11PassthroughError`, so
+``except X11PassthroughError`` catches them all. Each class also derives from the builtin that
+fits it best, so code that already catches ``ValueError`` or ``OSError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+__all__ = [
+    "BindError",
+    "DisplayError",
+    "DisplayNameError",
+    "DisplayNotFoundError",
+    "NoFreeDisplayError",
+    "RelayError",
+    "SecurityExtensionError",
+    "X11PassthroughError",
+    "X11SetupError",
+    "XauthorityError",
+    "XauthorityLockError",
+]
+
+
+class X11PassthroughError(Exception):
+    """Base class of every error raised by x11passthrough."""
+
+
+class XauthorityError(X11PassthroughError, ValueError):
+    """An Xauthority file is malformed, unreadable or cannot be written."""
+
+
+class XauthorityLockError(XauthorityError, TimeoutError):
+    """The lock on an Xauthority file could not be taken in time (libXau lock protocol)."""
+
+
+class DisplayError(X11PassthroughError, ValueError):
+    """A display name is invalid, or the display cannot be used."""
+
+
+class DisplayNameError(DisplayError):
+    """A ``DISPLAY`` value cannot be parsed."""
+
+
+class DisplayNotFoundError(DisplayError, LookupError):
+    """No live X server answers for a display; the message lists every place tried."""
+
+
+class NoFreeDisplayError(DisplayError):
+    """No display number in the requested range could be reserved."""
+
+
+class BindError(X11PassthroughError, OSError):
+    """The relay's listening socket cannot be bound on the requested address."""
+
+
+class RelayError(X11PassthroughError, RuntimeError):
+    """The relay cannot start, or failed while running."""
+
+
+class X11SetupError(X11PassthroughError, ValueError):
+    """An X11 connection-setup message is malformed or not acceptable."""
+
+
+class SecurityExtensionError(X11PassthroughError, RuntimeError):
+    """The X server cannot issue an untrusted cookie (no SECURITY extension, or it refused)."""
