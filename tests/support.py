@@ -18,7 +18,6 @@ import socket
 import subprocess
 import time
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def reap_stale_servers() -> list[int]:
     Each server started here is recorded as ``STATE_DIR/<server pid>.owner`` holding the pid of
     the test process that started it. Returns the pids that were killed.
     """
-    killed = []
+    killed: list[int] = []
     if not STATE_DIR.is_dir():
         return killed
     for record in STATE_DIR.glob("*.owner"):
@@ -225,5 +224,3 @@ def _wait_answers(server: XServer) -> None:
                 time.sleep(0.01)
                 continue
         return
-
-

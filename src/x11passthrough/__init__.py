@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from . import exceptions
+from ._dockerargs import DockerRunArgs
 from .exceptions import X11PassthroughError
 
 
-__all__ = ["X11PassthroughError", "exceptions"]
+__all__ = ["DockerRunArgs", "X11PassthroughError", "exceptions"]
