@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "BindError",
+    "ConfigurationError",
     "DisplayError",
     "DisplayNameError",
     "DisplayNotFoundError",
@@ -26,6 +27,10 @@ __all__ = [
 
 class X11PassthroughError(Exception):
     """Base class of every error raised by x11passthrough."""
+
+
+class ConfigurationError(X11PassthroughError, ValueError):
+    """An option passed to x11passthrough is invalid; the message names it and a valid form."""
 
 
 class XauthorityError(X11PassthroughError, ValueError):

@@ -1,0 +1,79 @@
+"""The SECURITY extension client: untrusted cookies from a real Xvfb."""
+
+from __future__ import annotations
+
+import subprocess
+
+from pathlib import Path
+
+import pytest
+
+from support import XServer, require_executables
+from x11passthrough._display import Endpoint
+from x11passthrough._security import SecurityClient
+from x11passthrough.exceptions import SecurityExtensionError
+
+
+COOKIE = b"MIT-MAGIC-COOKIE-1"
+
+
+def _auth_file(path: Path, server: XServer, data: bytes) -> Path:
+    subprocess.run(
+        ["xauth", "-f", str(path), "add", server.display, ".", data.hex()],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def _extensions(server: XServer, xauthority: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["xdpyinfo", "-queryExtensions"],
+        env=server.env(XAUTHORITY=str(xauthority)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_untrusted_cookie_sees_less_and_is_revocable(xvfb: XServer, tmp_path: Path) -> None:
+    """A client with an untrusted cookie connects but sees fewer extensions; revoked, it can't."""
+    require_executables("xdpyinfo", "xauth")
+    client = SecurityClient(Endpoint.unix(xvfb.unix_path), COOKIE, xvfb.cookie, timeout=5)
+    try:
+        cookie = client.generate(timeout=60)
+        assert len(cookie.data) == 16
+        assert cookie.data != xvfb.cookie
+        assert cookie.data.hex() not in repr(cookie)
+        untrusted = _extensions(xvfb, _auth_file(tmp_path / "u", xvfb, cookie.data))
+        trusted = _extensions(xvfb, xvfb.xauthority)
+        assert untrusted.returncode == 0, untrusted.stderr
+        assert trusted.returncode == 0, trusted.stderr
+        assert "SECURITY" in trusted.stdout
+        trusted_ext = trusted.stdout.count("opcode:")
+        untrusted_ext = untrusted.stdout.count("opcode:")
+        assert untrusted_ext < trusted_ext
+        client.revoke(cookie)
+        revoked = _extensions(xvfb, tmp_path / "u")
+        assert revoked.returncode != 0
+    finally:
+        client.close()
+
+
+def test_wrong_cookie_is_a_clear_error(xvfb: XServer) -> None:
+    """A connection the server refuses is reported with the server's reason."""
+    with pytest.raises(SecurityExtensionError, match="refused"):
+        SecurityClient(Endpoint.unix(xvfb.unix_path), COOKIE, b"\0" * 16, timeout=5)
+
+
+def test_server_without_security_extension(xvfb_factory: object) -> None:
+    """A server started without SECURITY gives an error that names the way out."""
+    server = xvfb_factory(extra_args=("-extension", "SECURITY"))  # type: ignore[operator]
+    with pytest.raises(SecurityExtensionError, match="lacks the SECURITY extension"):
+        SecurityClient(Endpoint.unix(server.unix_path), COOKIE, server.cookie, timeout=5)
+
+
+def test_unreachable_display(tmp_path: Path) -> None:
+    """No server at the endpoint: a clear error naming it."""
+    with pytest.raises(SecurityExtensionError, match="cannot reach"):
+        SecurityClient(Endpoint.unix(str(tmp_path / "none")), COOKIE, b"x" * 16, timeout=1)
