@@ -1,0 +1,130 @@
+"""
+Pytest fixtures for end-to-end tests: Docker, the X client image, network namespaces, sshd.
+
+Load with ``pytest_plugins = ["e2e_fixtures"]`` in the root conftest.py. Each fixture calls
+:func:`support.require` for what a developer's machine may lack (skipped there, a failure in
+CI). The helpers behind them are in ``e2e_support.py``.
+
+Fixtures:
+
+- ``docker_client`` (session): a ``docker.DockerClient``; starts dockerd with
+  ``scripts/start-dockerd`` when running as root and no engine answers, and stops it at the end
+  of the session only if it started it.
+- ``x11_image`` (session): the tag of the X client test image (built once, then cached).
+- ``docker_gateway`` (session): the host's IPv4 address on Docker's default bridge.
+- ``netns`` (function): a factory of network namespaces joined to the host by veth pairs.
+- ``sshd_x11`` (session): a private sshd with X11 forwarding (:class:`e2e_support.Sshd`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from e2e_support import (
+    SSHD,
+    START_DOCKERD,
+    E2ESetupError,
+    NetNamespace,
+    Sshd,
+    build_x11_image,
+    create_netns,
+    docker_engine_answers,
+    docker_gateway_address,
+    missing_image_tools,
+    reap_stale_netns,
+    remove_stale_containers,
+    start_dockerd,
+    start_sshd,
+    stop_dockerd,
+)
+from support import require, require_executables
+
+
+if TYPE_CHECKING:
+    import docker
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@pytest.fixture(scope="session", name="docker_client")
+def _docker_client() -> Iterator[docker.DockerClient]:
+    """A client of a running Docker engine (started here if needed and possible)."""
+    try:
+        import docker
+    except ImportError:  # pragma: no cover - the tests dependency group has it
+        require("the Docker SDK for Python", False, "pip install docker")
+        raise
+    started: int | None = None
+    problem = ""
+    if not docker_engine_answers() and _is_root() and START_DOCKERD.exists():
+        try:
+            started = start_dockerd()
+        except E2ESetupError as error:
+            problem = str(error)
+    ok = docker_engine_answers()
+    hint = problem or "start one with `sudo bash scripts/start-dockerd`, or set DOCKER_HOST"
+    require("a Docker engine", ok, hint)
+    client = docker.from_env(timeout=120)
+    remove_stale_containers(client)
+    try:
+        yield client
+    finally:
+        client.close()
+        if started is not None:
+            stop_dockerd(started)
+
+
+@pytest.fixture(scope="session", name="x11_image")
+def _x11_image(docker_client: docker.DockerClient) -> str:
+    """The tag of the X client test image (xdpyinfo, xauth, python3 + python-xlib, busybox)."""
+    missing = missing_image_tools()
+    require(
+        "the programs copied into the test image",
+        not missing,
+        f"missing {', '.join(missing)}; install x11-utils x11-apps xauth python3 busybox-static",
+    )
+    return build_x11_image()
+
+
+@pytest.fixture(scope="session", name="docker_gateway")
+def _docker_gateway(docker_client: docker.DockerClient) -> str:
+    """The host's IPv4 address on Docker's default bridge (what ``host-gateway`` means)."""
+    return docker_gateway_address(docker_client)
+
+
+@pytest.fixture(name="netns")
+def _netns() -> Iterator[Callable[[], NetNamespace]]:
+    """Create network namespaces joined to the host by veth pairs; all deleted after the test."""
+    require("root (to create network namespaces)", _is_root(), "run the e2e tests as root")
+    require_executables("ip")
+    reap_stale_netns()
+    made: list[NetNamespace] = []
+
+    def create() -> NetNamespace:
+        ns = create_netns()
+        made.append(ns)
+        return ns
+
+    yield create
+    for ns in made:
+        ns.delete()
+
+
+@pytest.fixture(scope="session", name="sshd_x11")
+def _sshd_x11(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A private sshd on a loopback port with X11 forwarding (``ssh -X``/``-Y`` sessions)."""
+    require("root (sshd switches to the login user)", _is_root(), "run the e2e tests as root")
+    require("sshd", SSHD.exists(), "install openssh-server")
+    require_executables("ssh", "ssh-keygen", "xauth")
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        server.stop()
