@@ -228,6 +228,20 @@ def test_failed_reply_uses_the_client_byte_order() -> None:
     assert failed_reply("abcd", 0x00)[:8] == bytes([0, 4, 11, 0, 0, 0, 1, 0])
 
 
+def test_failed_reply_is_ascii_and_bounded() -> None:
+    """Non-ASCII becomes '?', and the reason is cut to the protocol's 255 bytes."""
+    reply = failed_reply("\u00e9" * 300)
+    assert len(reply) == 8 + 256
+    assert parse_setup_reply(reply) == SetupReply(SetupStatus.FAILED, 11, 0, "?" * 255, 264)
+
+
+def test_gate_shortens_a_long_protocol_name_in_the_reason() -> None:
+    """An untrusted 64-byte name is shown cut to 40 characters."""
+    verdict = gate()(encode_setup_request(L, b"A" * 64, FAKE))
+    assert isinstance(verdict, Reject)
+    assert f"protocol '{'A' * 40}...' (only" in verdict.reason
+
+
 def test_parse_authenticate_and_success_replies() -> None:
     """Authenticate: the reason is the NUL-padded body; Success: status and size only."""
     authenticate = bytes([2, 0, 0, 0, 0, 0, 2, 0]) + b"more\0\0\0\0"

@@ -367,14 +367,27 @@ def parse_setup_reply(data: bytes, *, byte_order: int = 0x6C) -> SetupReply | No
 
 @attrs.frozen
 class Accept:
-    """Verdict of a setup filter: send `forward` upstream, then relay bytes unchanged."""
+    """
+    Verdict of a setup filter: send `forward` upstream, then relay bytes unchanged.
+
+    Attributes:
+        forward: Replaces every byte received so far: the rewritten setup request followed by
+            the bytes the client sent after it, unchanged. Not shown in the repr (it carries
+            the real cookie).
+    """
 
     forward: bytes = attrs.field(repr=False)
 
 
 @attrs.frozen
 class Reject:
-    """Verdict of a setup filter: send `reply` (an X11 "Failed" reply) to the client, close."""
+    """
+    Verdict of a setup filter: send `reply` (an X11 "Failed" reply) to the client, close.
+
+    Attributes:
+        reason: Why, readable; the same text the reply carries (fit for logs: no secrets).
+        reply: The encoded "Failed" reply, in the client's byte order.
+    """
 
     reason: str
     reply: bytes = attrs.field(repr=False)
@@ -384,7 +397,17 @@ def failed_reply(reason: str, byte_order: int = 0x6C) -> bytes:
     """
     Encode an X11 "Failed" connection-setup reply carrying `reason`.
 
-    `byte_order` is the client's first byte; an unknown value answers little-endian.
+    X clients show the reason to the user: libX11 prints it on stderr, python-xlib puts it in
+    ``DisplayConnectionError``.
+
+    Args:
+        reason: The text; non-ASCII characters become ``?`` and it is cut to 255 bytes (the
+            protocol's limit).
+        byte_order: The client's first byte (``r``/``R`` count as ``l``/``B``); an unknown
+            value answers little-endian.
+
+    Returns:
+        The encoded reply: 8-byte header, then the reason padded to 4 bytes.
     """
     text = reason.encode("ascii", "replace")[:255]
     pad = -len(text) % 4
