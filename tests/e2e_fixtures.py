@@ -84,6 +84,7 @@ def _docker_client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session", name="x11_image")
 def _x11_image(docker_client: docker.DockerClient) -> str:
     """The tag of the X client test image (xdpyinfo, xauth, python3 + python-xlib, busybox)."""
+    require_executables("docker")
     missing = missing_image_tools()
     require(
         "the programs copied into the test image",

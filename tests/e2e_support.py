@@ -15,7 +15,9 @@ Pieces:
 - :func:`write_client_xauthority`: an authority file for clients that reach an X server from
   another host name or address (FamilyWild for libxcb, FamilyLocal for python-xlib).
 - :func:`run_container`: run a command in a throw-away container and collect its output.
-- :func:`create_netns`: a network namespace joined to the host by a veth pair.
+- :func:`create_netns`: a network namespace joined to the host by a veth pair
+  (:func:`free_private_subnet` picks its addresses).
+- :func:`tcp_listeners`: the addresses a TCP port is listened on.
 - :class:`Sshd`: a real sshd on a loopback port with X11 forwarding, and
   :meth:`Sshd.ssh_session` to hold a forwarded display open.
 """
@@ -134,11 +136,22 @@ class E2ESetupError(RuntimeError):
 
 
 def _run(
-    argv: Sequence[str], *, what: str, stdin_text: str | None = None, timeout: float = 120
+    argv: Sequence[str],
+    *,
+    what: str,
+    stdin_text: str | None = None,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a setup command; raise :class:`E2ESetupError` with its output when it fails."""
     done = subprocess.run(
-        list(argv), capture_output=True, text=True, input=stdin_text, timeout=timeout, check=False
+        list(argv),
+        capture_output=True,
+        text=True,
+        input=stdin_text,
+        timeout=timeout,
+        env=dict(env) if env is not None else None,
+        check=False,
     )
     if done.returncode != 0:
         output = (done.stderr or done.stdout).strip()[-2000:]
@@ -165,28 +178,26 @@ def _pid_alive(pid: int) -> bool:
 
 
 def docker_engine_answers() -> bool:
-    """Return True when a Docker engine answers on the default endpoint (``DOCKER_HOST``)."""
-    import docker
-    import docker.errors
-
-    try:
-        client = docker.from_env(timeout=10)
-    except (docker.errors.DockerException, OSError):
+    """Return True when a Docker engine answers ``docker info`` (``DOCKER_HOST`` or default)."""
+    if shutil.which("docker") is None:
         return False
     try:
-        return bool(client.ping())
-    except (docker.errors.DockerException, OSError):
+        done = subprocess.run(["docker", "info"], capture_output=True, timeout=15, check=False)
+    except subprocess.TimeoutExpired:
         return False
-    finally:
-        client.close()
+    return done.returncode == 0
 
 
-def start_dockerd(script: Path = START_DOCKERD) -> int | None:
+def start_dockerd(
+    *, script: Path = START_DOCKERD, env: Mapping[str, str] | None = None
+) -> int | None:
     """
     Start a Docker engine with ``scripts/start-dockerd`` unless one answers already.
 
     Args:
         script: The start script (prints the pid it started, or nothing).
+        env: The script's environment (this process's when None); ``DOCKER_HOST``,
+            ``DOCKERD_ARGS`` and ``DOCKERD_LOG`` select a private engine.
 
     Returns:
         The pid of the dockerd this call started, or None when an engine was already answering.
@@ -194,7 +205,7 @@ def start_dockerd(script: Path = START_DOCKERD) -> int | None:
     Raises:
         E2ESetupError: The script failed (its stderr says why, e.g. dockerd exited).
     """
-    done = _run(["bash", str(script)], what="starting dockerd", timeout=60)
+    done = _run(["bash", str(script)], what="starting dockerd", timeout=60, env=env)
     out = done.stdout.strip()
     if not out:
         return None
@@ -576,10 +587,10 @@ def _system_python_paths(python: Path) -> tuple[str, str]:
 
 
 def missing_image_tools() -> list[str]:
-    """Return what this machine lacks to build the test image (empty when nothing)."""
+    """Return the programs this machine lacks to put into the test image (empty: none)."""
     need = [*IMAGE_PROGRAMS, str(SYSTEM_PYTHON), str(BUSYBOX)]
     missing = [path for path in need if not os.access(path, os.X_OK)]
-    missing += [name for name in ("docker", "ldd") if shutil.which(name) is None]
+    missing += [name for name in ("ldd",) if shutil.which(name) is None]
     return missing
 
 
@@ -596,7 +607,6 @@ def collect_image_inputs(*, probe_script: str = PROBE_SCRIPT) -> ImageInputs:
     Raises:
         E2ESetupError: A program, library or python-xlib is missing on this machine.
     """
-    import six  # type: ignore[import-untyped]
     import Xlib
 
     missing = missing_image_tools()
@@ -629,8 +639,13 @@ def collect_image_inputs(*, probe_script: str = PROBE_SCRIPT) -> ImageInputs:
 
     xlib_dir = Path(Xlib.__file__).parent
     inputs.add_tree(xlib_dir, f"{IMAGE_DIST_PACKAGES}/Xlib", exclude=frozenset({"__pycache__"}))
-    six_file = Path(six.__file__)
-    inputs.add(f"{IMAGE_DIST_PACKAGES}/six.py", _Entry("file", source=six_file, mode=0o644))
+    try:  # python-xlib 0.33 imports six; a later release may not
+        import six  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - depends on the python-xlib release
+        pass
+    else:
+        six_file = Path(six.__file__)
+        inputs.add(f"{IMAGE_DIST_PACKAGES}/six.py", _Entry("file", source=six_file, mode=0o644))
 
     inputs.add_host_path(str(BUSYBOX))
     busybox_dir = os.path.realpath(os.path.dirname(BUSYBOX))
@@ -730,6 +745,8 @@ def build_x11_image(*, tag: str = IMAGE_TAG, force: bool = False) -> str:
     Raises:
         E2ESetupError: A tool or file is missing, or docker import failed.
     """
+    if shutil.which("docker") is None:
+        raise E2ESetupError("cannot build the test image: no `docker` program on PATH")
     with _build_lock():
         inputs = collect_image_inputs()
         digest = inputs.digest
@@ -770,7 +787,7 @@ def build_x11_image(*, tag: str = IMAGE_TAG, force: bool = False) -> str:
 
 NETNS_PREFIX = "x11pt-"
 #: The private range the veth pairs take their /30 from (used only inside this machine).
-NETNS_RANGE = ipaddress.ip_network("10.213.0.0/16")
+NETNS_RANGE = "10.213.0.0/16"
 
 
 @dataclass
@@ -823,14 +840,35 @@ class NetNamespace:
         self.owner_record.unlink(missing_ok=True)
 
 
-def _used_ipv4_networks() -> list[ipaddress.IPv4Network]:
+def free_private_subnet(within: str, prefix: int) -> ipaddress.IPv4Network:
+    """
+    Pick a random subnet of `within` that overlaps no IPv4 address of this machine.
+
+    Args:
+        within: The range to pick from, e.g. ``10.213.0.0/16`` (keep it private).
+        prefix: The prefix length of the subnet, e.g. 30.
+
+    Returns:
+        The subnet.
+
+    Raises:
+        E2ESetupError: 100 random picks all overlapped.
+    """
     done = _run(["ip", "-j", "-4", "addr", "show"], what="listing addresses")
-    nets = []
-    for link in json.loads(done.stdout or "[]"):
-        for info in link.get("addr_info", []):
-            iface = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}")
-            nets.append(iface.network)
-    return [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+    used = [
+        ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
+        for link in json.loads(done.stdout or "[]")
+        for info in link.get("addr_info", [])
+    ]
+    parent = ipaddress.IPv4Network(within)
+    choices = list(parent.subnets(new_prefix=prefix)) if prefix - parent.prefixlen <= 16 else []
+    rng = random.Random(secrets.randbits(64))
+    for _ in range(100):
+        subnet = rng.choice(choices)
+        if not any(subnet.overlaps(n) for n in used):
+            return subnet
+    msg = f"no free /{prefix} in {within}"
+    raise E2ESetupError(msg)
 
 
 def reap_stale_netns() -> list[str]:
@@ -868,14 +906,7 @@ def create_netns() -> NetNamespace:
     Raises:
         E2ESetupError: A command failed (nothing is left behind).
     """
-    used = _used_ipv4_networks()
-    rng = random.Random(secrets.randbits(64))
-    for _ in range(100):
-        subnet = ipaddress.ip_network((int(NETNS_RANGE[0]) + 4 * rng.randrange(16384), 30))
-        if not any(subnet.overlaps(n) for n in used):
-            break
-    else:
-        raise E2ESetupError("no free /30 in 10.213.0.0/16 for a veth pair")
+    subnet = free_private_subnet(NETNS_RANGE, 30)
     host_ip, ns_ip = (str(a) for a in subnet.hosts())
     token = secrets.token_hex(4)
     name = f"{NETNS_PREFIX}{token}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 
 from collections.abc import Callable
@@ -22,8 +26,11 @@ from e2e_support import (
     Sshd,
     build_x11_image,
     collect_image_inputs,
+    docker_gateway_address,
+    free_private_subnet,
     missing_image_tools,
     run_container,
+    start_dockerd,
     stop_dockerd,
     tcp_listeners,
     write_client_xauthority,
@@ -124,6 +131,54 @@ def test_start_dockerd_prints_nothing_when_an_engine_answers(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.e2e
+def test_start_dockerd_starts_an_engine_and_stop_dockerd_stops_it() -> None:
+    """The script starts dockerd, prints its pid, starts no second one; stop_dockerd ends it.
+
+    A private engine (own socket, directories, no bridge, no iptables) keeps the machine's
+    default engine, which other tests use, untouched.
+    """
+    import docker
+
+    require("root (to start dockerd)", os.geteuid() == 0, "run the e2e tests as root")
+    require("dockerd", shutil.which("dockerd") is not None, "install docker.io")
+    # A private engine with --bridge none would delete docker0, so it gets a bridge of its own.
+    subnet = free_private_subnet("10.214.0.0/16", 24)
+    gateway = str(next(subnet.hosts()))
+    bridge = f"x11ptb{secrets.token_hex(4)}"
+    # Short: containerd's socket under --exec-root must fit a unix socket path.
+    workdir = Path(tempfile.mkdtemp(prefix="x11pt-d", dir="/tmp"))
+    try:
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", f"{gateway}/24", "dev", bridge], check=True)
+        (workdir / "daemon.json").write_text("{}")
+        socket_url = f"unix://{workdir}/docker.sock"
+        args = [
+            f"-H {socket_url} --config-file {workdir}/daemon.json",
+            f"--pidfile {workdir}/docker.pid --data-root {workdir}/data",
+            f"--exec-root {workdir}/exec --bridge {bridge}",
+            "--iptables=false --ip6tables=false --ip-masq=false",
+        ]
+        env = dict(os.environ, DOCKER_HOST=socket_url, DOCKERD_ARGS=" ".join(args))
+        env["DOCKERD_LOG"] = str(workdir / "dockerd.log")
+        pid = start_dockerd(env=env)
+        assert pid is not None
+        try:
+            assert Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd"
+            client = docker.DockerClient(base_url=socket_url, timeout=30)
+            with contextlib.closing(client):
+                assert client.ping()
+                assert docker_gateway_address(client) == gateway
+            assert start_dockerd(env=env) is None
+        finally:
+            stop_dockerd(pid)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+        assert not (workdir / "docker.sock").exists()
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.mark.e2e
