@@ -934,25 +934,29 @@ class DisplayLocator:
         numbers = self._numbers(range)
         plan = _bind_plan(bind)
         held = busy = 0
+        examples: list[str] = []
         for number in numbers:
             reason = self._held_by_server(number)
-            if reason is not None:
-                held += 1
-                logger.debug("display number %d is taken: %s", number, reason)
-                continue
-            reservation = self._try_bind(number, plan)
-            if reservation is None:
+            if reason is None:
+                reservation = self._try_bind(number, plan)
+                if reservation is not None:
+                    logger.debug("reserved display number %d on %s", number, reservation.addresses)
+                    return reservation
                 busy += 1
-                logger.debug("display number %d is taken: port %d in use", number, 6000 + number)
-                continue
-            logger.debug("reserved display number %d on %s", number, reservation.addresses)
-            return reservation
+                reason = f"TCP port {X_TCP_PORT + number} is in use"
+            else:
+                held += 1
+            logger.debug("display number %d is taken: %s", number, reason)
+            if len(examples) < 3:
+                examples.append(f"{number}: {reason}")
         low, high = _bounds(numbers)
         wider = f"range({low}, {min(high + 501, MAX_DISPLAY_NUMBER + 1)})"
+        more = ", ..." if held + busy > len(examples) else ""
         raise NoFreeDisplayError(
             f"no free display number in {_range_text(range, numbers)}: {held} held by X "
             f"servers (socket, lock file or abstract socket), {busy} with TCP port 6000+N in "
-            f"use; pass a wider range, e.g. reserve(range={wider})"
+            f"use ({'; '.join(examples)}{more}); pass a wider range, e.g. "
+            f"reserve(range={wider})"
         )
 
     def _numbers(self, numbers: Iterable[int]) -> Sequence[int]:
