@@ -63,9 +63,9 @@ MAX_SCREEN_NUMBER = 65535
 #: Longest ``DISPLAY`` value :meth:`DisplayName.parse` accepts, in characters.
 MAX_DISPLAY_NAME_LENGTH = 1024
 #: The display numbers :meth:`DisplayLocator.reserve` tries by default: the range Briefcase
-#: uses (50-299), well above the numbers X servers and display managers take (0 upwards,
-#: Xwayland under GDM 1024) and below the ones SSH X11 forwarding uses (10 upwards, but
-#: those are only ever TCP listeners, which the bind check sees anyway).
+#: uses (50-299), above the low numbers local X servers take (0 upwards; Xwayland under GDM
+#: uses 1024). SSH X11 forwarding counts up from 10, but it only listens on TCP, which the
+#: bind check sees.
 DEFAULT_DISPLAY_RANGE = range(50, 300)
 
 _TCP_PROTOCOLS = frozenset({"tcp", "inet", "inet6"})
