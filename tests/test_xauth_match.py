@@ -159,8 +159,9 @@ def test_find_default_names_is_mit_only() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((L, "host", "0"), "address to find must be bytes"),
-        ((L, HOST, 0.0), "number to find must be an int or str"),
+        ((L, "host", "0"), "address must be bytes, not str; encode it first"),
+        ((L, HOST, 0.0), "display number must be an int or str, not float"),
+        (("256", HOST, "0"), "family must be an int"),
         ((L, HOST, "0", MIT), "names must be a sequence of auth names"),
     ],
 )
@@ -249,6 +250,8 @@ def test_peer_errors() -> None:
         peer_family_address(unconnected)
     with pytest.raises(XauthorityError, match="AF_UNIX, AF_INET and AF_INET6"):
         peer_family_address((socket.AF_NETLINK, (0, 0)))
+    with pytest.raises(XauthorityError, match="a pair"):
+        peer_family_address("127.0.0.1")  # type: ignore[arg-type]
     with pytest.raises(XauthorityError, match="not an IP address"):
         peer_family_address((socket.AF_INET, ("my.host", 6000)))
 
@@ -371,6 +374,14 @@ def test_merge_collapses_duplicates_among_new_entries() -> None:
 def test_merge_rejects_non_entries() -> None:
     with pytest.raises(XauthorityError, match="can only merge XauthEntry objects, not tuple"):
         Xauthority().merge([(256, b"", "", "", b"")])  # type: ignore[list-item]
+
+
+def test_remove_rejects_wrong_types() -> None:
+    auth = Xauthority([entry(L, HOST, "0")])
+    with pytest.raises(XauthorityError, match="address must be bytes, not str"):
+        auth.remove(address="host")  # type: ignore[arg-type]
+    with pytest.raises(XauthorityError, match="family must be an int"):
+        auth.remove(family="LOCAL")  # type: ignore[arg-type]
 
 
 def test_remove_exact_fields() -> None:

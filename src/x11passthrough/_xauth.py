@@ -366,7 +366,13 @@ def peer_family_address(
                 f"getpeername() failed ({exc.strerror}); pass a connected socket"
             ) from exc
     else:
-        address_family, peer = sock_or_peer
+        try:
+            address_family, peer = sock_or_peer
+        except (TypeError, ValueError):
+            raise XauthorityError(
+                f"expected a connected socket or a pair (address_family, peer), not "
+                f"{sock_or_peer!r}"
+            ) from None
     host = peer[0] if isinstance(peer, tuple) else peer
     if address_family in (socket.AF_INET, socket.AF_INET6):
         try:
@@ -391,6 +397,19 @@ def peer_family_address(
     if isinstance(hostname, str):
         hostname = os.fsencode(hostname)
     return Family.LOCAL, hostname
+
+
+def _check_query(family: object, address: object, number: object) -> None:
+    """Reject query values that could never equal an entry's field (a likely mistake)."""
+    if family is not None and (isinstance(family, bool) or not isinstance(family, int)):
+        raise XauthorityError(f"the family must be an int (a Family), not {type(family).__name__}")
+    if address is not None and not isinstance(address, bytes):
+        hint = "; encode it first, e.g. with .encode()" if isinstance(address, str) else ""
+        raise XauthorityError(f"the address must be bytes, not {type(address).__name__}{hint}")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, (int, str))):
+        raise XauthorityError(
+            f"the display number must be an int or str, not {type(number).__name__}"
+        )
 
 
 def _to_tuple(entries: Iterable[XauthEntry]) -> tuple[XauthEntry, ...]:
@@ -663,16 +682,8 @@ class Xauthority(Sequence[XauthEntry]):
             XauthorityError: When an argument has the wrong type (e.g. a str address, or a
                 single name instead of a sequence of names).
         """
-        if not isinstance(address, bytes):
-            raise XauthorityError(
-                f"the address to find must be bytes, not {type(address).__name__}"
-            )
-        if isinstance(number, int) and not isinstance(number, bool):
-            number = str(number)
-        if not isinstance(number, str):
-            raise XauthorityError(
-                f"the display number to find must be an int or str, not {type(number).__name__}"
-            )
+        _check_query(family, address, number)
+        number = str(number)
         if isinstance(names, (str, bytes)):
             raise XauthorityError(
                 f"names must be a sequence of auth names, e.g. ({MIT_MAGIC_COOKIE_1!r},), "
@@ -803,7 +814,8 @@ class Xauthority(Sequence[XauthEntry]):
         Returns:
             A new :class:`Xauthority`.
         """
-        if isinstance(number, int) and not isinstance(number, bool):
+        _check_query(family, address, number)
+        if number is not None:
             number = str(number)
         kept = tuple(
             entry
