@@ -9,6 +9,9 @@ import pytest
 from support import XServer, reap_stale_servers, start_xvfb
 
 
+pytest_plugins = ["e2e_fixtures"]
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Clean up servers that a killed earlier run left behind."""
     reap_stale_servers()

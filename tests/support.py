@@ -158,7 +158,8 @@ def start_xvfb(workdir: Path, *, tcp: bool = False, extra_args: tuple[str, ...] 
     )
     read_fd, write_fd = os.pipe()
     args = ["Xvfb", "-displayfd", str(write_fd), "-auth", str(server_auth)]
-    args += ["-screen", "0", "1024x768x24"]
+    # -noreset: keep access-control changes (xhost) when the last client disconnects.
+    args += ["-screen", "0", "1024x768x24", "-noreset"]
     args += ["-listen", "tcp"] if tcp else ["-nolisten", "tcp"]
     args += list(extra_args)
     with (workdir / "xvfb.log").open("wb") as log:

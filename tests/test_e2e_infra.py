@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     import docker
 
 
-pytest_plugins = ["e2e_fixtures"]
 
 HOSTNAME = "x11pt"
 
