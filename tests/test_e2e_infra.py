@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     import docker
 
 
-
 HOSTNAME = "x11pt"
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from support import XServer, require_executables
 from x11passthrough._display import Endpoint
 from x11passthrough._security import SecurityClient
 from x11passthrough.exceptions import SecurityExtensionError
+
+from support import XServer, require_executables
 
 
 COOKIE = b"MIT-MAGIC-COOKIE-1"
