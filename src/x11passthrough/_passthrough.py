@@ -58,6 +58,7 @@ class _Options:
     display_range: range
     untrusted_timeout: int
     connect_timeout: float
+    setup_timeout: float
 
 
 def _validate(**options: object) -> _Options:  # noqa: PLR0912 - one check per option
@@ -121,6 +122,10 @@ def _validate(**options: object) -> _Options:  # noqa: PLR0912 - one check per o
         raise ConfigurationError(
             f"untrusted_timeout={untrusted_timeout!r} must be whole seconds >= 0 (0: no expiry)"
         )
+    for name in ("connect_timeout", "setup_timeout"):
+        value = options[name]
+        if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigurationError(f"{name}={value!r} must be a positive number of seconds")
     xauthority = options["xauthority"]
     host_dir = options["host_dir"]
     return _Options(
@@ -137,6 +142,7 @@ def _validate(**options: object) -> _Options:  # noqa: PLR0912 - one check per o
         display_range=display_range,
         untrusted_timeout=untrusted_timeout,
         connect_timeout=float(options["connect_timeout"]),  # type: ignore[arg-type]
+        setup_timeout=float(options["setup_timeout"]),  # type: ignore[arg-type]
     )
 
 
@@ -182,6 +188,8 @@ class X11Passthrough:
         untrusted_timeout: In ``untrusted`` mode, seconds the X server keeps the cookie after
             its last client left (0: until revoked).
         connect_timeout: Seconds to wait for the host display when probing and connecting.
+        setup_timeout: Seconds a container's client has to complete its X11 setup message
+            before the relay drops it.
         locator: The :class:`DisplayLocator` to use (for other socket directories).
 
     Raises:
@@ -204,6 +212,7 @@ class X11Passthrough:
         display_range: range = range(50, 300),
         untrusted_timeout: int = 3600,
         connect_timeout: float = 2.0,
+        setup_timeout: float = 10.0,
         locator: DisplayLocator | None = None,
     ) -> None:
         self._options = _validate(
@@ -220,6 +229,7 @@ class X11Passthrough:
             display_range=display_range,
             untrusted_timeout=untrusted_timeout,
             connect_timeout=connect_timeout,
+            setup_timeout=setup_timeout,
         )
         self._locator = locator or DisplayLocator(connect_timeout=self._options.connect_timeout)
         self._cleanup: contextlib.ExitStack | None = None
@@ -269,6 +279,8 @@ class X11Passthrough:
                 session.listeners,
                 session.endpoint,
                 setup_filter=session.gate,
+                setup_timeout=self._options.setup_timeout,
+                connect_timeout=self._options.connect_timeout,
                 allow=session.allow,
             )
             relay.start()
@@ -324,6 +336,8 @@ class X11Passthrough:
                 session.listeners,
                 session.endpoint,
                 setup_filter=session.gate,
+                setup_timeout=self._options.setup_timeout,
+                connect_timeout=self._options.connect_timeout,
                 allow=session.allow,
             )
             await relay.start()
