@@ -52,8 +52,6 @@ def splice(command: Sequence[str], args: DockerRunArgs) -> list[str]:
         for i, word in enumerate(command[1:], start=1):
             if word in _SUBCOMMANDS:
                 return [*command[: i + 1], *extra, *command[i + 1 :]]
-            if not word.startswith("-"):
-                break
     raise X11PassthroughError(
         f"cannot tell where the container arguments go in {' '.join(command)!r}: use a "
         f"'docker run ...' command, or put {PLACEHOLDER} where they belong"

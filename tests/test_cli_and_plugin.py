@@ -1,0 +1,141 @@
+"""The command line and the pytest plugin, run as a user would run them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from pathlib import Path
+
+import pytest
+
+from x11passthrough import DockerRunArgs
+from x11passthrough._cli import splice
+from x11passthrough.exceptions import X11PassthroughError
+
+from support import XServer, require_executables
+
+
+ARGS = DockerRunArgs(display="host.docker.internal:5", xauthority=None)
+
+# Runs xdpyinfo against the relay on loopback, using what the CLI spliced into its argv.
+CLIENT = textwrap.dedent(
+    """
+    import os, subprocess, sys
+    argv = sys.argv[1:]
+    env = dict(os.environ)
+    for i, word in enumerate(argv):
+        if word == "--env":
+            name, value = argv[i + 1].split("=", 1)
+            env[name] = value
+        if word == "--volume":
+            env["XAUTHORITY"] = argv[i + 1].split(":")[0]
+    env["DISPLAY"] = "localhost:" + env["DISPLAY"].rsplit(":", 1)[1]
+    sys.exit(subprocess.call(["xdpyinfo"], env=env, stdout=subprocess.DEVNULL))
+    """
+)
+
+
+def test_splice_places_the_arguments() -> None:
+    """After `run`/`create` of a container engine, or at the {x11} placeholder."""
+    extra = [*ARGS]
+    assert splice(["docker", "run", "--rm", "img"], ARGS) == [
+        "docker",
+        "run",
+        *extra,
+        "--rm",
+        "img",
+    ]
+    podman = splice(["podman", "--log-level", "info", "create", "img"], ARGS)
+    assert podman == ["podman", "--log-level", "info", "create", *extra, "img"]
+    assert splice(["nerdctl", "run", "img"], ARGS)[2:4] == extra[:2]
+    assert splice(["sh", "-c", "x", "{x11}", "y"], ARGS) == ["sh", "-c", "x", *extra, "y"]
+    with pytest.raises(X11PassthroughError, match="cannot tell where"):
+        splice(["sh", "-c", "true"], ARGS)
+
+
+def test_cli_run_lends_the_display(xvfb: XServer) -> None:
+    """`x11passthrough run -- CMD {x11}` gives CMD arguments that reach the display."""
+    require_executables("xdpyinfo")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "x11passthrough",
+            "--display",
+            xvfb.display,
+            "--xauthority",
+            str(xvfb.xauthority),
+            "--bind",
+            "127.0.0.1",
+            "run",
+            "--",
+            sys.executable,
+            "-c",
+            CLIENT,
+            "{x11}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_errors_are_short_and_actionable(tmp_path: Path) -> None:
+    """Without a display: exit status 2 and one line naming the problem, no traceback."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "x11passthrough", "run", "--", "docker", "run", "img"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("x11passthrough: error: DISPLAY is not set")
+    assert "Traceback" not in result.stderr
+
+
+PLUGIN_TEST = """
+def test_lent(x11passthrough):
+    assert x11passthrough.display.startswith("host.docker.internal:")
+    assert x11passthrough.xauthority.exists()
+
+def test_factory(x11passthrough_factory):
+    a = x11passthrough_factory()
+    b = x11passthrough_factory(auth="forward")
+    assert a.display != b.display
+"""
+
+
+def _pytest(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_lend.py").write_text(PLUGIN_TEST)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nx11passthrough_bind = 127.0.0.1\n")
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_pytest_plugin_fixtures(xvfb: XServer, tmp_path: Path) -> None:
+    """The plugin's fixtures lend $DISPLAY; without one they skip, or fail when required."""
+    env = xvfb.env()
+    env.pop("CI", None)
+    lent = _pytest(tmp_path, env)
+    assert "2 passed" in lent.stdout, lent.stdout + lent.stderr
+    env.pop("DISPLAY")
+    skipped = _pytest(tmp_path, env)
+    assert "2 skipped" in skipped.stdout, skipped.stdout
+    required = _pytest(tmp_path, env, "--x11passthrough-required")
+    assert "passed" not in required.stdout, required.stdout
+    assert "skipped" not in required.stdout, required.stdout
+    assert "no DISPLAY is set" in required.stdout
