@@ -89,6 +89,7 @@ class Route:
     display: str
     process: subprocess.Popen[bytes] | None = None
     times: dict[str, list[float]] = field(default_factory=dict)
+    max_rounds: int | None = None
     cpu: float = 0.0
     wall: float = 0.0
 
@@ -191,7 +192,12 @@ def paths(workdir: Path, variants: bool) -> Iterator[tuple[list[Route], Path]]:
     used = {number}
     result = [Route("direct-unix", f":{number}"), Route("direct-tcp", f"localhost:{number}")]
 
-    def add(name: str, command: list[str] | None, options: dict[str, object] | None) -> None:
+    def add(
+        name: str,
+        command: list[str] | None,
+        options: dict[str, object] | None,
+        max_rounds: int | None = None,
+    ) -> None:
         display = free_display(used)
         used.add(display)
         port = 6000 + display
@@ -202,17 +208,17 @@ def paths(workdir: Path, variants: bool) -> Iterator[tuple[list[Route], Path]]:
             process = start_relay(port, unix_path, options or {})
         processes.append(process)
         wait_port(port)
-        result.append(Route(name, f"localhost:{display}", process))
+        result.append(Route(name, f"localhost:{display}", process, max_rounds=max_rounds))
 
     try:
         socat = "TCP-LISTEN:{port},reuseaddr,fork,bind=0.0.0.0"
-        add("socat", ["socat", socat, "UNIX-CONNECT:{path}"], None)
+        # Without nodelay every x11perf run takes many seconds: one round is plenty.
+        add("socat", ["socat", socat, "UNIX-CONNECT:{path}"], None, max_rounds=1)
         add("socat-nodelay", ["socat", socat + ",nodelay", "UNIX-CONNECT:{path}"], None)
         add("relay", None, {})
         if variants:
             add("relay-copy", None, {"splice": False})
             add("relay-nopoll", None, {"busy_poll": 0})
-            add("relay-copy-nopoll", None, {"splice": False, "busy_poll": 0})
         xauthority = workdir / "client.xauth"
         for display in sorted(used):
             xauth(xauthority, f":{display}", cookie)
@@ -238,6 +244,8 @@ def run(
     for round_ in range(rounds):
         for test in tests:
             for path in all_paths:
+                if path.max_rounds is not None and round_ >= path.max_rounds:
+                    continue
                 cpu = path.cpu_seconds()
                 started = time.monotonic()
                 completed = subprocess.run(
@@ -256,7 +264,15 @@ def run(
                         f"{completed.stdout}{completed.stderr}"
                     )
                 path.times.setdefault(test, []).extend(times)
-            print(f"round {round_ + 1}/{rounds}: -{test} done", file=sys.stderr)
+            medians = ", ".join(
+                f"{p.name} {statistics.median(p.times[test]):.4f}"
+                for p in all_paths
+                if p.times.get(test)
+            )
+            print(
+                f"round {round_ + 1}/{rounds} -{test} (ms, median so far): {medians}",
+                file=sys.stderr,
+            )
 
 
 def report(all_paths: list[Route], tests: list[str]) -> dict[str, object]:
@@ -294,7 +310,7 @@ def report(all_paths: list[Route], tests: list[str]) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 s per test")
-    parser.add_argument("--rounds", type=int, help="rounds over all paths (default 5)")
+    parser.add_argument("--rounds", type=int, help="rounds over all paths (default 3)")
     parser.add_argument("--time", type=int, help="seconds per x11perf run (default 2)")
     parser.add_argument("--tests", default=",".join(TESTS), help="comma-separated x11perf tests")
     parser.add_argument("--variants", action="store_true", help="also the relay's variants")
@@ -304,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"bench_relay: missing {', '.join(missing)}; install them first", file=sys.stderr)
         return 2
-    rounds = args.rounds or (2 if args.quick else 5)
+    rounds = args.rounds or (2 if args.quick else 3)
     seconds = args.time or (1 if args.quick else 2)
     tests = [t.strip().lstrip("-") for t in args.tests.split(",") if t.strip()]
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
+import re
 import resource
 import secrets
 import selectors
@@ -433,26 +435,34 @@ def wait_stalled(progress: list[int]) -> None:
         time.sleep(0.3)
 
 
-@pytest.mark.parametrize("splice", MODES)
+@pytest.mark.parametrize(
+    ("splice", "tcp_upstream"),
+    [(True, False), (False, False), (False, True)],
+    ids=["splice", "copy", "copy-tcp-upstream"],
+)
 def test_backpressure_towards_a_server_that_does_not_read(
     splice: bool,
+    tcp_upstream: bool,
     upstream_factory: Callable[..., Upstream],
     relay_factory: Callable[..., RelayThread],
 ) -> None:
     """
     A client floods a server that does not read, first in large writes, then in thousands of
     tiny ones (each its own TCP segment): the relay's backlog stays bounded, and when the
-    server reads, the stream arrives complete and in order.
+    server reads, slowly, the stream arrives complete and in order.
     """
     start_reading = threading.Event()
     received: list[bytes] = []
 
     def handler(conn: socket.socket) -> None:
         assert start_reading.wait(30)
-        received.append(recv_all(conn))
+        data = bytearray()
+        while chunk := conn.recv(8192):  # small reads: the relay's writes come out partial
+            data += chunk
+        received.append(bytes(data))
 
     high_water = 1 << 20
-    server = upstream_factory(handler)
+    server = upstream_factory(handler, tcp=tcp_upstream)
     relay = relay_factory(
         server.endpoint, splice=splice, high_water=high_water, low_water=high_water // 4
     )
@@ -635,6 +645,24 @@ def test_unreachable_tcp_display_is_reported(relay_factory: Callable[..., RelayT
     )
 
 
+def test_display_that_does_not_answer_in_time(relay_factory: Callable[..., RelayThread]) -> None:
+    """A display whose listen backlog is full: the client hears so after connect_timeout."""
+    name = f"x11passthrough-test-busy-{secrets.token_hex(6)}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind("\0" + name)
+        busy.listen(0)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
+            first.connect("\0" + name)  # fills the backlog; nobody accepts
+            endpoint = Endpoint.abstract(name)
+            relay = relay_factory(endpoint, connect_timeout=0.2)
+            with connect(relay) as client:
+                client.sendall(b"l\0")
+                reason = parse_failed(recv_all(client))
+    assert reason == (
+        f"x11passthrough: cannot reach the X display at {endpoint}: no answer within 0.2 s"
+    )
+
+
 def test_unreachable_display_and_silent_client_closes_without_reply(
     relay_factory: Callable[..., RelayThread],
 ) -> None:
@@ -760,6 +788,33 @@ def test_setup_filter_that_raises_is_an_internal_error(
     assert wait_idle(relay).errors == 1
 
 
+def test_setup_longer_than_any_real_one_is_rejected(
+    upstream_factory: Callable[..., Upstream], relay_factory: Callable[..., RelayThread]
+) -> None:
+    server = upstream_factory(echo)
+    relay = relay_factory(server.endpoint, setup_filter=lambda data: None)
+    with connect(relay) as client:
+        with contextlib.suppress(OSError):  # the relay may close while we still send
+            client.sendall(b"l" + bytes(300 * 1024))
+        client.shutdown(socket.SHUT_WR)
+        reason = parse_failed(recv_all(client))
+    assert reason == "x11passthrough: the connection setup message is too long"
+    stats = wait_idle(relay)
+    assert (stats.rejected, server.accepted) == (1, 0)
+
+
+def test_setup_filter_returning_nonsense_is_an_internal_error(
+    relay_factory: Callable[..., RelayThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = relay_factory(Endpoint.unix("/nonexistent"), setup_filter=lambda data: "yes")
+    with caplog.at_level(logging.ERROR, logger="x11passthrough"), connect(relay) as client:
+        client.sendall(b"l\0")
+        reason = parse_failed(recv_all(client))
+    assert reason == "x11passthrough: internal error while checking the connection setup"
+    assert "returned 'yes', not a verdict" in caplog.text
+    assert wait_idle(relay).errors == 1
+
+
 def test_client_leaving_during_setup_is_not_an_error(
     upstream_factory: Callable[..., Upstream], relay_factory: Callable[..., RelayThread]
 ) -> None:
@@ -835,6 +890,53 @@ def test_a_thousand_concurrent_connections(relay_factory: Callable[..., RelayThr
     assert (stats.connections_total, stats.errors, stats.bytes_up) == (1000, 0, 4000)
 
 
+def test_allow_list_closes_other_clients_at_once(
+    upstream_factory: Callable[..., Upstream], relay_factory: Callable[..., RelayThread]
+) -> None:
+    server = upstream_factory(echo)
+    outside = relay_factory(server.endpoint, allow=[ipaddress.ip_network("192.0.2.0/24")])
+    with connect(outside) as client:
+        assert recv_all(client) == b""
+    inside = relay_factory(server.endpoint, allow=[ipaddress.ip_network("127.0.0.0/8")])
+    with connect(inside) as client:
+        client.sendall(b"allowed")
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b"allowed"
+    assert (outside.stats.rejected, outside.stats.connections_total) == (1, 0)
+    assert (wait_idle(inside).rejected, server.accepted) == (0, 1)
+
+
+def test_running_out_of_file_descriptors_pauses_accepting(
+    upstream_factory: Callable[..., Upstream],
+    relay_factory: Callable[..., RelayThread],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """accept() failing with EMFILE is logged and retried; the waiting client is served."""
+    server = upstream_factory(echo)
+    relay = relay_factory(server.endpoint)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with caplog.at_level(logging.WARNING, logger="x11passthrough"):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            lowest_free = os.dup(0)
+            os.close(lowest_free)
+            # From here on, no new descriptor fits: the relay's accept() fails with EMFILE.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+            try:
+                client.connect(relay_address(relay))
+                client.sendall(b"late")
+                wait_until(lambda: relay.stats.errors == 1, "accept() to fail")
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"late"
+        finally:
+            client.close()
+    assert "relay cannot accept a connection" in caplog.text
+    assert "too many open files" in caplog.text.lower()
+    assert wait_idle(relay).connections_total == 1
+
+
 # --- lifecycle -----------------------------------------------------------------------------------
 
 
@@ -907,6 +1009,20 @@ def test_start_fails_clearly_on_a_socket_that_does_not_listen() -> None:
     assert relay_threads() == []
     assert sock.fileno() == -1
     relay.stop()
+
+
+def test_start_fails_clearly_on_a_closed_socket_or_a_non_socket() -> None:
+    closed = tcp_listener()
+    closed.close()
+    with pytest.raises(RelayError, match="is closed; pass an open socket"):
+        RelayThread([closed], Endpoint.unix("/nonexistent")).start()
+    not_a_socket: Any = "127.0.0.1:6000"
+    with pytest.raises(
+        RelayError, match=re.escape("must be a socket.socket, not '127.0.0.1:6000'")
+    ):
+        RelayThread([not_a_socket], Endpoint.unix("/nonexistent"))
+    with pytest.raises(RelayError, match="must be a list of listening sockets"):
+        RelayThread(not_a_socket, Endpoint.unix("/nonexistent"))
 
 
 def test_start_fails_clearly_without_listeners() -> None:

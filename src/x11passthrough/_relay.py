@@ -25,11 +25,11 @@ Design, chosen by measuring with ``benchmarks/bench_relay.py`` (x11perf through 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import concurrent.futures
 import contextlib
 import errno
 import fcntl
+import ipaddress
 import logging
 import os
 import selectors
@@ -72,8 +72,13 @@ MAX_SETUP_BYTES = 256 * 1024
 REFUSAL_LINGER = 1.0
 #: How long to wait for a client's first byte (its byte order) when the display is unreachable.
 FIRST_BYTE_WAIT = 0.5
+#: Pause between attempts to connect to a UNIX socket whose listener's backlog is full.
+UNIX_CONNECT_RETRY = 0.01
 #: Send buffer requested for UNIX connections to the display.
 UPSTREAM_SNDBUF = 1024 * 1024
+#: A read at least this large is bulk transfer: the relay's loop then sleeps at once instead
+#: of busy-polling, leaving the CPU to the programs that produce and consume the data.
+BULK_READ = 64 * 1024
 #: Most connections with a splice pipe at once: each pipe counts towards the per-user limit
 #: of pipe memory (``/proc/sys/fs/pipe-user-pages-soft``), which other programs share.
 MAX_SPLICE_PIPES = 64
@@ -116,6 +121,15 @@ class RelayStats:
     rejected: int = 0
     bytes_buffered: int = 0
     bytes_buffered_peak: int = 0
+
+
+class _Activity:
+    """What the last burst of events did; read by :class:`_BusyPollSelector`."""
+
+    __slots__ = ("bulk",)
+
+    def __init__(self) -> None:
+        self.bulk = False
 
 
 class _Counters:
@@ -207,12 +221,11 @@ def _upstream_address(endpoint: Endpoint) -> str | tuple[str, int]:
         return endpoint.path if endpoint.kind == "unix" else "\0" + endpoint.path
     if endpoint.kind == "tcp" and endpoint.host and endpoint.port is not None:
         return endpoint.host, endpoint.port
-    raise RelayError(f"the relay cannot connect to the incomplete endpoint {endpoint!r}")
+    # Endpoint validates its fields; this guards against objects that only look like one.
+    raise RelayError(f"the relay cannot connect to the endpoint {endpoint!r}")  # pragma: no cover
 
 
-def _check_listener(listener: object) -> socket.socket:
-    if not isinstance(listener, socket.socket):
-        raise RelayError(f"a relay listener must be a socket.socket, not {listener!r}")
+def _check_listener(listener: socket.socket) -> socket.socket:
     if listener.fileno() < 0:
         raise RelayError(f"the relay listener {listener!r} is closed; pass an open socket")
     try:
@@ -232,6 +245,7 @@ class _Flow:
 
     __slots__ = (
         "_accounted",
+        "_activity",
         "_conn",
         "_counters",
         "_dfd",
@@ -263,6 +277,7 @@ class _Flow:
         self._conn = conn
         self._loop = conn.loop
         self._counters = relay.counters
+        self._activity = relay.activity
         self._src = src
         self._dst = dst
         self._sfd = src.fileno()
@@ -410,6 +425,8 @@ class _CopyFlow(_Flow):
         if not n:
             self._on_eof()
             return
+        if n >= BULK_READ:
+            self._activity.bulk = True
         if pending:
             self._backlog += scratch[:n]
             self.pending = pending + n
@@ -501,6 +518,8 @@ class _SpliceFlow(_Flow):
         if not n:
             self._on_eof()
             return
+        if n >= BULK_READ:
+            self._activity.bulk = True
         pending += n
         if not self._writing:
             try:
@@ -730,13 +749,37 @@ class _Connection:
                 # of the X server per large request. The kernel caps it at net.core.wmem_max.
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UPSTREAM_SNDBUF)
-            await asyncio.wait_for(self.loop.sock_connect(sock, address), timeout)
+            if family == socket.AF_UNIX:
+                await self._connect_unix(sock, address, timeout)
+            else:
+                await asyncio.wait_for(self.loop.sock_connect(sock, address), timeout)
         except BaseException:
             self.upstream = None
             sock.close()
             raise
         self.upstream = None
         return sock
+
+    async def _connect_unix(
+        self, sock: socket.socket, address: str | tuple[Any, ...], timeout: float
+    ) -> None:
+        """
+        Connect a non-blocking UNIX socket, retrying while the server's backlog is full.
+
+        A UNIX connect is never "in progress": it succeeds or fails at once, or fails with
+        EAGAIN when the listener's backlog is full (asyncio's sock_connect would then wait
+        for a writable socket and report success without a connection).
+        """
+        deadline = self.loop.time() + timeout
+        while True:
+            try:
+                sock.connect(address)
+            except BlockingIOError:
+                if self.loop.time() >= deadline:
+                    raise TimeoutError from None
+                await asyncio.sleep(UNIX_CONNECT_RETRY)
+            else:
+                return
 
     async def _unreachable(self, exc: BaseException) -> None:
         relay = self.relay
@@ -900,7 +943,15 @@ class Relay:
                 f"low_water ({low_water!r}) must be at least 0 and below high_water "
                 f"({high_water!r})"
             )
+        if isinstance(listeners, (str, bytes, socket.socket)):
+            raise RelayError(
+                f"listeners must be a list of listening sockets, not {listeners!r}; "
+                "pass [sock] for a single one"
+            )
         self.listeners = tuple(listeners)
+        for listener in self.listeners:
+            if not isinstance(listener, socket.socket):
+                raise RelayError(f"a relay listener must be a socket.socket, not {listener!r}")
         self.upstream = upstream
         self.address = _upstream_address(upstream)
         self.setup_filter = setup_filter
@@ -912,6 +963,7 @@ class Relay:
         self.splice = bool(splice) and _HAVE_SPLICE
         self.allow = None if allow is None else tuple(allow)
         self.counters = _Counters()
+        self.activity = _Activity()
         self.pipes_open = 0
         self.connections: set[_Connection] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -1103,18 +1155,21 @@ class _BusyPollSelector(selectors.DefaultSelector):
 
     An X client waits for each reply, so the next event usually follows within microseconds;
     catching it awake saves a sleep and a wake-up, which cost tens of microseconds on virtual
-    machines. After `busy_poll` seconds without events it sleeps as usual, so an idle relay
-    uses no CPU.
+    machines. It does not poll after bulk transfers (`activity`), where the CPU is better left
+    to the X server and the client, nor after `busy_poll` seconds without events, so an idle
+    relay uses no CPU.
     """
 
-    def __init__(self, busy_poll: float) -> None:
+    def __init__(self, busy_poll: float, activity: _Activity) -> None:
         super().__init__()
         self._busy_poll = busy_poll
+        self._activity = activity
         self._hot = False
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         """Return the ready keys, polling a little before blocking if events came lately."""
-        if self._hot and (timeout is None or timeout > 0):
+        activity = self._activity
+        if self._hot and (timeout is None or timeout > 0) and not activity.bulk:
             poll = super().select
             now = start = time.monotonic()
             spin = self._busy_poll if timeout is None else min(self._busy_poll, timeout)
@@ -1126,6 +1181,7 @@ class _BusyPollSelector(selectors.DefaultSelector):
                 now = time.monotonic()
             if timeout is not None:
                 timeout = max(0.0, timeout - (now - start))
+        activity.bulk = False
         ready = super().select(timeout)
         if ready:
             self._hot = True
@@ -1282,7 +1338,9 @@ class RelayThread:
         self.stop()
 
     def _main(self, ready: concurrent.futures.Future[Callable[[], None]]) -> None:
-        selector = _BusyPollSelector(self._busy_poll) if self._busy_poll else None
+        selector = None
+        if self._busy_poll:
+            selector = _BusyPollSelector(self._busy_poll, self.relay.activity)
         loop = asyncio.SelectorEventLoop(selector)
         try:
             loop.run_until_complete(self._serve(loop, ready))
