@@ -163,4 +163,3 @@ class SecurityClient:
             chunks.append(chunk)
             size -= len(chunk)
         return b"".join(chunks)
-
