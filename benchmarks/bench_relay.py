@@ -3,10 +3,11 @@ Benchmark the relay against direct connections and socat, with x11perf on one Xv
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_relay.py            # the full run (a few minutes)
-    .venv/bin/python benchmarks/bench_relay.py --quick    # a shorter, noisier run
+    .venv/bin/python benchmarks/bench_relay.py            # 3 rounds of 2 s (about 5 min)
+    .venv/bin/python benchmarks/bench_relay.py --quick    # 2 rounds of 1 s, noisier
     .venv/bin/python benchmarks/bench_relay.py --json out.json
     .venv/bin/python benchmarks/bench_relay.py --variants # also the relay's design variants
+    .venv/bin/python benchmarks/bench_relay.py --tests prop --rounds 5
 
 It starts its own Xvfb (MIT-MAGIC-COOKIE-1 auth, ``-listen tcp``) on a free display N, and
 makes every path reachable as an X display of its own, ``localhost:M`` (TCP port 6000+M), with
@@ -15,11 +16,15 @@ one Xauthority file holding the cookie for every display number used:
 - ``direct-unix``: ``DISPLAY=:N``, the server's UNIX socket (the physical limit);
 - ``direct-tcp``: ``DISPLAY=localhost:N``, the server's own TCP listener (the reference);
 - ``socat``: ``socat TCP-LISTEN:P,reuseaddr,fork,bind=0.0.0.0 UNIX-CONNECT:/tmp/.X11-unix/XN``,
-  exactly as Briefcase runs it;
+  exactly as Briefcase runs it (measured in the first round only: Nagle's algorithm makes each
+  of its x11perf runs take many seconds);
 - ``socat-nodelay``: the same with ``nodelay`` on the listening side (socat's UNIX-CONNECT
   side has no TCP option);
 - ``relay``: our relay with its defaults, in a separate process (like socat), as a
-  :class:`~x11passthrough._relay.RelayThread`.
+  :class:`~x11passthrough._relay.RelayThread`;
+- with ``--variants``: ``relay-copy`` (``splice=False``) and ``relay-nopoll``
+  (``busy_poll=0``, which is also how :class:`~x11passthrough._relay.Relay` behaves in the
+  caller's own event loop).
 
 Each x11perf test (``-prop``: a GetProperty round trip, ``-getimage500``: 1 MB to the client,
 ``-putimage500``: 1 MB to the server) runs for every path in turn, round after round, so that
@@ -28,6 +33,21 @@ operation over all repetitions and its ratio to ``direct-tcp``; ``cpu`` is the C
 forwarding process used per second of x11perf run time.
 
 Needs Xvfb, xauth, x11perf and socat on PATH. Exits 2 if one is missing.
+
+A run with ``--variants`` on a 2-core Debian 12 virtual machine (Python 3.11)::
+
+    path                    GetProperty     GetImage 500x500     PutImage 500x500   cpu
+    -----------------------------------------------------------------------------------
+    direct-unix       0.0549 ms   0.81x    0.2835 ms   0.75x    0.1953 ms   0.65x     -
+    direct-tcp        0.0679 ms   1.00x    0.3777 ms   1.00x    0.3019 ms   1.00x     -
+    socat            15.3285 ms 225.75x   16.8776 ms  44.69x    1.4563 ms   4.82x   11%
+    socat-nodelay     0.1034 ms   1.52x    1.5966 ms   4.23x    1.5052 ms   4.99x   65%
+    relay             0.0518 ms   0.76x    0.4326 ms   1.15x    0.2762 ms   0.91x   82%
+    relay-copy        0.0495 ms   0.73x    0.4371 ms   1.16x    0.4633 ms   1.53x   87%
+    relay-nopoll      0.1157 ms   1.70x    0.4357 ms   1.15x    0.3276 ms   1.09x   54%
+
+Times vary by 10-30 % from run to run on a shared machine; the ratios within one run are what
+to compare.
 """
 
 from __future__ import annotations
@@ -291,7 +311,7 @@ def report(all_paths: list[Route], tests: list[str]) -> dict[str, object]:
             }
         row["cpu_per_second"] = path.cpu / path.wall if path.process and path.wall else None
         rows.append(row)
-    header = f"{'path':<18}" + "".join(f"{TESTS[t]:>26}" for t in tests) + f"{'cpu':>7}"
+    header = f"{'path':<14}" + "".join(f"{TESTS[t]:>21}" for t in tests) + f"{'cpu':>6}"
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -300,10 +320,10 @@ def report(all_paths: list[Route], tests: list[str]) -> dict[str, object]:
             cell = row[test]
             if not isinstance(cell, dict):
                 raise TypeError(cell)
-            cells.append(f"{cell['median_ms']:>12.4f} ms {cell['ratio_to_direct_tcp']:>6.2f}x")
+            cells.append(f"{cell['median_ms']:.4f} ms {cell['ratio_to_direct_tcp']:6.2f}x")
         cpu = row["cpu_per_second"]
-        cpu_text = f"{cpu:>6.0%}" if isinstance(cpu, float) else f"{'-':>6}"
-        print(f"{row['path']:<18}" + "".join(f"{c:>26}" for c in cells) + f" {cpu_text}")
+        cpu_text = f"{cpu:.0%}" if isinstance(cpu, float) else "-"
+        print(f"{row['path']:<14}" + "".join(f"{c:>21}" for c in cells) + f"{cpu_text:>6}")
     return {"tests": tests, "rows": rows}
 
 

@@ -973,6 +973,29 @@ def test_thread_start_stop_are_idempotent_and_clean_up(
         relay.start()
 
 
+def thread_cpu_seconds(thread: threading.Thread) -> float:
+    with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_busy_polling_stops_when_traffic_stops(
+    upstream_factory: Callable[..., Upstream], relay_factory: Callable[..., RelayThread]
+) -> None:
+    """After a burst of round trips the relay thread sleeps: an idle relay uses no CPU."""
+    server = upstream_factory(echo)
+    relay = relay_factory(server.endpoint, busy_poll=0.001)
+    (thread,) = relay_threads()
+    with connect(relay) as client:
+        for _ in range(200):
+            client.sendall(b"ping")
+            assert recv_exactly(client, 4) == b"ping"
+        before = thread_cpu_seconds(thread)
+        time.sleep(1.0)
+        idle_cpu = thread_cpu_seconds(thread) - before
+    assert idle_cpu < 0.1, f"the relay thread used {idle_cpu} s of CPU while idle"
+
+
 def test_thread_start_stop_from_many_threads(upstream_factory: Callable[..., Upstream]) -> None:
     server = upstream_factory(echo)
     relay = RelayThread([tcp_listener()], server.endpoint)
