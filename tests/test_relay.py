@@ -407,6 +407,7 @@ def test_backpressure_bounds_memory_while_a_client_does_not_read(
     gc.collect()
     rss_before = rss_bytes()
     with connect(relay) as client:
+        wait_until(lambda: progress[0] >= 2 * len(block), "the server to send 2 MB")
         wait_stalled(progress)
         stats = relay.stats
         rss_growth = rss_bytes() - rss_before
@@ -481,8 +482,9 @@ def test_backpressure_towards_a_server_that_does_not_read(
 
         sender = threading.Thread(target=send)
         sender.start()
+        wait_until(lambda: relay.stats.bytes_buffered_peak > 0, "the relay to buffer")
         wait_stalled(progress)
-        assert 0 < relay.stats.bytes_buffered_peak <= high_water
+        assert relay.stats.bytes_buffered_peak <= high_water
         start_reading.set()
         sender.join()
         wait_until(lambda: bool(received), "the server to read everything")
