@@ -695,6 +695,10 @@ class _Connection:
         timeout = self.relay.setup_timeout
         deadline = self.loop.time() + timeout
         while True:
+            if not self.relay.serving:
+                # Python 3.11's wait_for can turn a cancellation into a timeout; stop() has
+                # already changed the state, so end here rather than wait out the deadline.
+                raise asyncio.CancelledError
             remaining = deadline - self.loop.time()
             if remaining <= 0:
                 raise _Refusal(
