@@ -22,6 +22,8 @@ one Xauthority file holding the cookie for every display number used:
   side has no TCP option);
 - ``relay``: our relay with its defaults, in a separate process (like socat), as a
   :class:`~x11passthrough._relay.RelayThread`;
+- ``relay-substitute``: the same relay checking a session cookie in each connection's setup
+  message and swapping in the real one (the passthrough's default ``auth="substitute"``);
 - with ``--variants``: ``relay-copy`` (``splice=False``) and ``relay-nopoll``
   (``busy_poll=0``, which is also how :class:`~x11passthrough._relay.Relay` behaves in the
   caller's own event loop).
@@ -85,7 +87,15 @@ RELAY_SCRIPT = """
 import logging, socket, sys
 from x11passthrough._display import Endpoint
 from x11passthrough._relay import RelayThread
+from x11passthrough._x11setup import CookieGate
 port, path, options = int(sys.argv[1]), sys.argv[2], eval(sys.argv[3])
+if "gate" in options:
+    fake, real = options.pop("gate")
+    options["setup_filter"] = CookieGate(
+        expected_data=bytes.fromhex(fake),
+        replacement_name=b"MIT-MAGIC-COOKIE-1",
+        replacement_data=bytes.fromhex(real),
+    )
 listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("0.0.0.0", port))
@@ -236,12 +246,16 @@ def paths(workdir: Path, variants: bool) -> Iterator[tuple[list[Route], Path]]:
         add("socat", ["socat", socat, "UNIX-CONNECT:{path}"], None, max_rounds=1)
         add("socat-nodelay", ["socat", socat + ",nodelay", "UNIX-CONNECT:{path}"], None)
         add("relay", None, {})
+        # The default passthrough: the client sends a session cookie, the relay swaps it.
+        session = secrets.token_hex(16)
+        add("relay-substitute", None, {"gate": (session, cookie)})
+        session_display = int(result[-1].display.rsplit(":", 1)[1])
         if variants:
             add("relay-copy", None, {"splice": False})
             add("relay-nopoll", None, {"busy_poll": 0})
         xauthority = workdir / "client.xauth"
         for display in sorted(used):
-            xauth(xauthority, f":{display}", cookie)
+            xauth(xauthority, f":{display}", session if display == session_display else cookie)
         yield result, xauthority
     finally:
         for process in reversed(processes):
