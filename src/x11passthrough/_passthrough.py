@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import attrs
 
@@ -275,14 +275,7 @@ class X11Passthrough:
         stack = contextlib.ExitStack()
         try:
             session = self._prepare(stack)
-            relay = RelayThread(
-                session.listeners,
-                session.endpoint,
-                setup_filter=session.gate,
-                setup_timeout=self._options.setup_timeout,
-                connect_timeout=self._options.connect_timeout,
-                allow=session.allow,
-            )
+            relay = RelayThread(session.listeners, session.endpoint, **session.relay_options)
             relay.start()
             stack.callback(relay.stop)
         except BaseException:
@@ -332,14 +325,7 @@ class X11Passthrough:
         stack = contextlib.ExitStack()
         try:
             session = await asyncio.to_thread(self._prepare, stack)
-            relay = Relay(
-                session.listeners,
-                session.endpoint,
-                setup_filter=session.gate,
-                setup_timeout=self._options.setup_timeout,
-                connect_timeout=self._options.connect_timeout,
-                allow=session.allow,
-            )
+            relay = Relay(session.listeners, session.endpoint, **session.relay_options)
             await relay.start()
         except BaseException:
             stack.close()
@@ -432,8 +418,12 @@ class X11Passthrough:
         return _Session(
             endpoint=endpoint,
             listeners=reservation.sockets,
-            gate=gate,
-            allow=allow,
+            relay_options={
+                "setup_filter": gate,
+                "setup_timeout": opts.setup_timeout,
+                "connect_timeout": opts.connect_timeout,
+                "allow": allow,
+            },
             args=args,
         )
 
@@ -529,6 +519,5 @@ class _Session:
 
     endpoint: Endpoint
     listeners: Sequence[socket.socket]
-    gate: CookieGate | None
-    allow: tuple[_Network, ...] | None
+    relay_options: dict[str, Any]
     args: DockerRunArgs
