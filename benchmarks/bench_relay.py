@@ -48,6 +48,17 @@ A run with ``--variants`` on a 2-core Debian 12 virtual machine (Python 3.11)::
     relay-copy        0.0495 ms   0.73x    0.4371 ms   1.16x    0.4633 ms   1.53x   87%
     relay-nopoll      0.1157 ms   1.70x    0.4357 ms   1.15x    0.3276 ms   1.09x   54%
 
+With the ``relay-substitute`` row, in a run that shared the machine with a second benchmark::
+
+    path                 GetProperty     GetImage 500x500     PutImage 500x500   cpu
+    -----------------------------------------------------------------------------------
+    direct-unix        0.0521 ms   0.77x    0.2826 ms   0.83x    0.2005 ms   0.70x     -
+    direct-tcp         0.0677 ms   1.00x    0.3413 ms   1.00x    0.2884 ms   1.00x     -
+    socat             14.0674 ms 207.79x   23.5462 ms  68.99x    1.5064 ms   5.22x    9%
+    socat-nodelay      0.1002 ms   1.48x    1.5997 ms   4.69x    1.4843 ms   5.15x   67%
+    relay              0.0514 ms   0.76x    0.3986 ms   1.17x    0.2403 ms   0.83x   81%
+    relay-substitute   0.0559 ms   0.83x    0.4561 ms   1.34x    0.2617 ms   0.91x   82%
+
 Times vary by 10-30 % from run to run on a shared machine; the ratios within one run are what
 to compare.
 """
@@ -325,7 +336,7 @@ def report(all_paths: list[Route], tests: list[str]) -> dict[str, object]:
             }
         row["cpu_per_second"] = path.cpu / path.wall if path.process and path.wall else None
         rows.append(row)
-    header = f"{'path':<14}" + "".join(f"{TESTS[t]:>21}" for t in tests) + f"{'cpu':>6}"
+    header = f"{'path':<17}" + "".join(f"{TESTS[t]:>21}" for t in tests) + f"{'cpu':>6}"
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -337,7 +348,7 @@ def report(all_paths: list[Route], tests: list[str]) -> dict[str, object]:
             cells.append(f"{cell['median_ms']:.4f} ms {cell['ratio_to_direct_tcp']:6.2f}x")
         cpu = row["cpu_per_second"]
         cpu_text = f"{cpu:.0%}" if isinstance(cpu, float) else "-"
-        print(f"{row['path']:<14}" + "".join(f"{c:>21}" for c in cells) + f"{cpu_text:>6}")
+        print(f"{row['path']:<17}" + "".join(f"{c:>21}" for c in cells) + f"{cpu_text:>6}")
     return {"tests": tests, "rows": rows}
 
 
