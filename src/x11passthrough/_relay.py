@@ -644,11 +644,13 @@ class _Connection:
         try:
             upstream = await self._connect()
         except (OSError, asyncio.TimeoutError) as exc:
+            if not relay.serving:  # a cancellation that wait_for turned into a timeout
+                raise asyncio.CancelledError from exc
             await self._unreachable(exc)
             return
-        if self.closed:  # pragma: no cover - stop() closes the socket first
+        if not relay.serving:  # stop() ran while the last await completed
             _close_socket(upstream)
-            return
+            raise asyncio.CancelledError
         self.upstream = upstream
         if forward:
             try:
@@ -814,7 +816,7 @@ class _Connection:
         """Answer the client with an X11 "Failed" reply (if it sent anything), then close."""
         if self.closed:
             return
-        if received:
+        if received and self.relay.serving:
             if reply is None:
                 reply = failed_reply(reason, received[0])
             with contextlib.suppress(OSError, asyncio.TimeoutError):
@@ -823,7 +825,7 @@ class _Connection:
                 # Read what the client still sends until it closes, so the reply is not lost
                 # to a reset caused by unread data.
                 deadline = self.loop.time() + REFUSAL_LINGER
-                while not self.closed and (remaining := deadline - self.loop.time()) > 0:
+                while self.relay.serving and (remaining := deadline - self.loop.time()) > 0:
                     chunk = await asyncio.wait_for(
                         self.loop.sock_recv(self.client, 65536), remaining
                     )
