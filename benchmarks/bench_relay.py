@@ -50,19 +50,29 @@ A run with ``--variants`` on a 2-core Debian 12 virtual machine (Python 3.11)::
     relay-copy        0.0495 ms   0.73x    0.4371 ms   1.16x    0.4633 ms   1.53x   87%
     relay-nopoll      0.1157 ms   1.70x    0.4357 ms   1.15x    0.3276 ms   1.09x   54%
 
-With the ``relay-substitute`` row, in a run that shared the machine with a second benchmark::
+A later run with the ``relay-substitute`` row (``--rounds 5``)::
 
-    path                 GetProperty     GetImage 500x500     PutImage 500x500   cpu
-    -----------------------------------------------------------------------------------
-    direct-unix        0.0521 ms   0.77x    0.2826 ms   0.83x    0.2005 ms   0.70x     -
-    direct-tcp         0.0677 ms   1.00x    0.3413 ms   1.00x    0.2884 ms   1.00x     -
-    socat             14.0674 ms 207.79x   23.5462 ms  68.99x    1.5064 ms   5.22x    9%
-    socat-nodelay      0.1002 ms   1.48x    1.5997 ms   4.69x    1.4843 ms   5.15x   67%
-    relay              0.0514 ms   0.76x    0.3986 ms   1.17x    0.2403 ms   0.83x   81%
-    relay-substitute   0.0559 ms   0.83x    0.4561 ms   1.34x    0.2617 ms   0.91x   82%
+    path                       GetProperty     GetImage 500x500     PutImage 500x500   cpu
+    --------------------------------------------------------------------------------------
+    direct-unix          0.0569 ms   0.74x    0.3238 ms   0.78x    0.2103 ms   0.64x     -
+    direct-tcp           0.0770 ms   1.00x    0.4153 ms   1.00x    0.3263 ms   1.00x     -
+    socat               14.2325 ms 184.84x   15.7094 ms  37.83x    1.6218 ms   4.97x    2%
+    socat-nodelay        0.1100 ms   1.43x    1.7510 ms   4.22x    1.6258 ms   4.98x   65%
+    relay                0.0515 ms   0.67x    0.5206 ms   1.25x    0.2772 ms   0.85x   82%
+    relay-substitute     0.0604 ms   0.78x    0.4876 ms   1.17x    0.2930 ms   0.90x   81%
 
-Times vary by 10-30 % from run to run on a shared machine; the ratios within one run are what
-to compare.
+    best run of each path (ratio to the best direct-tcp run):
+    direct-unix          0.0421 ms   0.61x    0.2670 ms   0.68x    0.2023 ms   0.65x
+    direct-tcp           0.0690 ms   1.00x    0.3911 ms   1.00x    0.3108 ms   1.00x
+    socat               14.2325 ms 206.27x   15.7094 ms  40.17x    1.6218 ms   5.22x
+    socat-nodelay        0.1041 ms   1.51x    1.5868 ms   4.06x    1.4713 ms   4.73x
+    relay                0.0509 ms   0.74x    0.4265 ms   1.09x    0.2563 ms   0.82x
+    relay-substitute     0.0521 ms   0.76x    0.3918 ms   1.00x    0.2550 ms   0.82x
+
+Across five full runs with the same code, the relay's median GetProperty was 0.67-0.82x,
+GetImage 1.15-1.57x and PutImage 0.83-0.98x (once 1.35x, while other jobs loaded the
+machine). Times vary by 10-30 % from run to run on a shared machine; the ratios within one
+run are what to compare.
 """
 
 from __future__ import annotations
