@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from support import STATE_DIR, XServer, _set_pdeathsig
+from support import STATE_DIR, XServer, _set_pdeathsig, client_env
 
 
 if TYPE_CHECKING:
@@ -966,10 +966,7 @@ class ForwardedDisplay:
 
     def env(self, **extra: str) -> dict[str, str]:
         """Return an environment for an X client of the forwarded display."""
-        env = {k: v for k, v in os.environ.items() if k not in {"DISPLAY", "XAUTHORITY"}}
-        env.update(DISPLAY=self.display, XAUTHORITY=str(self.xauthority))
-        env.update(extra)
-        return env
+        return client_env(self.display, self.xauthority, **extra)
 
 
 @dataclass

@@ -88,6 +88,16 @@ def reap_stale_servers() -> list[int]:
     return killed
 
 
+def client_env(display: str, xauthority: Path | None, **extra: str) -> dict[str, str]:
+    """Return this process's environment with DISPLAY and XAUTHORITY (if any) replaced."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DISPLAY", "XAUTHORITY"}}
+    env["DISPLAY"] = display
+    if xauthority is not None:
+        env["XAUTHORITY"] = str(xauthority)
+    env.update(extra)
+    return env
+
+
 @dataclass
 class XServer:
     """A running private Xvfb."""
@@ -117,10 +127,7 @@ class XServer:
 
     def env(self, **extra: str) -> dict[str, str]:
         """Return an environment for a client of this server (DISPLAY and XAUTHORITY set)."""
-        env = {k: v for k, v in os.environ.items() if k not in {"DISPLAY", "XAUTHORITY"}}
-        env.update(DISPLAY=self.display, XAUTHORITY=str(self.xauthority))
-        env.update(extra)
-        return env
+        return client_env(self.display, self.xauthority, **extra)
 
     def xhost(self, *args: str) -> None:
         """Run ``xhost`` against this server with its cookie."""

@@ -29,6 +29,7 @@ from x11passthrough.exceptions import (
 )
 
 from support import XServer, require_executables
+from support import client_env as support_env
 
 
 HOSTNAME = socket.gethostname()
@@ -49,12 +50,7 @@ def number(args: DockerRunArgs) -> int:
 
 
 def client_env(args: DockerRunArgs, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DISPLAY", "XAUTHORITY"}}
-    env["DISPLAY"] = f"localhost:{number(args)}"
-    if args.xauthority is not None:
-        env["XAUTHORITY"] = str(args.xauthority)
-    env.update(extra)
-    return env
+    return support_env(f"localhost:{number(args)}", args.xauthority, **extra)
 
 
 def xdpyinfo(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
@@ -318,8 +314,6 @@ def test_errors_are_ours_and_actionable(
         X11Passthrough().start()
     with pytest.raises(DisplayNameError, match="'nope'"):
         X11Passthrough("nope")
-    locator_dir = tmp_path / "sockets"
-    locator_dir.mkdir()
     with pytest.raises(DisplayNotFoundError):
         X11Passthrough(":599", bind=["127.0.0.1"]).start()
     corrupt = tmp_path / "corrupt"

@@ -184,5 +184,6 @@ def test_ssh_forwarded_display(xvfb: XServer, sshd_x11: Sshd, x11_image: str) ->
             result = docker_run(x11_image, args, "xdpyinfo")
             assert result.returncode == 0, result.stderr
             # sshd's fake cookie stays on the host too.
-            fake = Xauthority.load(forwarded.xauthority)
-            assert all(e.data not in args.xauthority.read_bytes() for e in fake)  # type: ignore[union-attr]
+            assert args.xauthority is not None
+            lent = args.xauthority.read_bytes()
+            assert all(e.data not in lent for e in Xauthority.load(forwarded.xauthority))
