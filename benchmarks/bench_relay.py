@@ -108,9 +108,10 @@ LINE = re.compile(r"^\s*(\d+) reps @\s+([\d.]+) msec \(\s*([\d.]+)/sec\): (.*)$"
 X11PERF = ("x11perf", "-display")
 RELAY_SCRIPT = """
 import logging, socket, sys
-from x11passthrough._display import Endpoint
-from x11passthrough._relay import RelayThread
-from x11passthrough._x11setup import CookieGate
+from x11passthrough.display import Endpoint
+from x11passthrough._relay.options import RelayOptions
+from x11passthrough._relay.thread import RelayThread
+from x11passthrough._x11.gate import CookieGate
 port, path, options = int(sys.argv[1]), sys.argv[2], eval(sys.argv[3])
 if "gate" in options:
     fake, real = options.pop("gate")
@@ -123,7 +124,7 @@ listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("0.0.0.0", port))
 listener.listen(64)
-with RelayThread([listener], Endpoint.unix(path), **options):
+with RelayThread([listener], Endpoint.unix(path), RelayOptions(**options)):
     print("ready", flush=True)
     sys.stdin.read()
 """

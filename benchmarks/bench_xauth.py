@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from x11passthrough._xauth import MIT_MAGIC_COOKIE_1, Family, XauthEntry, Xauthority
+from x11passthrough.xauth import MIT_MAGIC_COOKIE_1, Family, XauthEntry, Xauthority
 
 
 def make_entries(count: int, rng: random.Random) -> list[XauthEntry]:

@@ -11,7 +11,7 @@ import os
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
 
-from x11passthrough._display import DisplayLocator
+from x11passthrough.display import DisplayLocator
 
 
 def reserve_and_hold(

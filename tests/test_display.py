@@ -11,13 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from x11passthrough._display import (
-    MAX_DISPLAY_NUMBER,
-    DisplayLocator,
-    DisplayName,
-    Endpoint,
-)
-from x11passthrough.exceptions import DisplayError, DisplayNameError
+from x11passthrough.display import MAX_DISPLAY_NUMBER, DisplayLocator, DisplayName, Endpoint
+from x11passthrough.exceptions import ConfigurationError, DisplayError, DisplayNameError
 
 
 XQUARTZ = "/private/tmp/com.apple.launchd.AbC/org.xquartz:0"
@@ -388,12 +383,12 @@ def test_endpoint_connect_failure_raises_oserror(tmp_path: Path) -> None:
 def test_locator_options_are_validated(tmp_path: Path) -> None:
     """Relative directories and bad timeouts are refused with the option's name."""
     assert DisplayLocator(socket_dir=tmp_path).socket_dir == str(tmp_path)
-    with pytest.raises(DisplayError, match="socket_dir='relative'"):
+    with pytest.raises(ConfigurationError, match="socket_dir='relative'"):
         DisplayLocator(socket_dir="relative")
-    with pytest.raises(DisplayError, match="lock_dir"):
+    with pytest.raises(ConfigurationError, match="lock_dir"):
         DisplayLocator(lock_dir="tmp")
     for bad in (0, -1.0, float("nan"), float("inf")):
-        with pytest.raises(DisplayError, match="connect_timeout"):
+        with pytest.raises(ConfigurationError, match="connect_timeout"):
             DisplayLocator(connect_timeout=bad)
     with pytest.raises(TypeError):
         DisplayLocator("/tmp")  # type: ignore[call-arg]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from x11passthrough._display import DisplayLocator, DisplayName, Endpoint
+from x11passthrough.display import DisplayLocator, DisplayName, Endpoint
 from x11passthrough.exceptions import DisplayError, DisplayNameError, DisplayNotFoundError
 
 from support import XServer

@@ -20,8 +20,13 @@ from pathlib import Path
 import pytest
 
 from display_workers import reserve_and_hold, reserve_as_nobody
-from x11passthrough._display import DEFAULT_DISPLAY_RANGE, DisplayLocator
-from x11passthrough.exceptions import BindError, NoFreeDisplayError, X11PassthroughError
+from x11passthrough.display import DEFAULT_DISPLAY_RANGE, DisplayLocator
+from x11passthrough.exceptions import (
+    BindError,
+    ConfigurationError,
+    NoFreeDisplayError,
+    X11PassthroughError,
+)
 
 from support import XServer, require
 
@@ -288,18 +293,18 @@ def test_twenty_processes_get_twenty_numbers(locator: DisplayLocator) -> None:
 
 
 def test_bind_errors_name_the_address(locator: DisplayLocator) -> None:
-    """Addresses this host lacks, or that are not IP addresses, give a BindError."""
+    """An address this host lacks is a BindError; one that is not an IP address is refused."""
     with pytest.raises(BindError) as info:
         locator.reserve(range=TEST_RANGE, bind=("192.0.2.1",))
     assert info.value.errno == errno.EADDRNOTAVAIL
     assert "192.0.2.1" in str(info.value)
     assert "ip addr" in str(info.value)
     assert isinstance(info.value, OSError)
-    with pytest.raises(BindError, match="'localhost' is not an IP address"):
+    with pytest.raises(ConfigurationError, match="'localhost' is not an IP address"):
         locator.reserve(range=TEST_RANGE, bind=("localhost",))
-    with pytest.raises(BindError, match="names no address"):
+    with pytest.raises(ConfigurationError, match="names no address"):
         locator.reserve(range=TEST_RANGE, bind=())
-    with pytest.raises(BindError, match=r"0\.0\.0\.0 already covers"):
+    with pytest.raises(ConfigurationError, match=r"0\.0\.0\.0 already covers"):
         locator.reserve(range=TEST_RANGE, bind=("0.0.0.0", "127.0.0.1"))
     # A single string is one address, not a sequence of characters.
     with locator.reserve(range=TEST_RANGE, bind="127.0.0.1") as reservation:
@@ -327,7 +332,7 @@ def test_bind_error_keeps_no_socket_open(locator: DisplayLocator) -> None:
 )
 def test_reserve_rejects_bad_ranges(locator: DisplayLocator, numbers: object, why: str) -> None:
     """Empty ranges and impossible numbers are refused before anything is bound."""
-    with pytest.raises(NoFreeDisplayError, match=why):
+    with pytest.raises(ConfigurationError, match=why):
         locator.reserve(range=numbers)  # type: ignore[arg-type]
 
 

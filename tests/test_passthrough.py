@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from x11passthrough import DockerRunArgs, X11Passthrough, Xauthority
+from x11passthrough import DockerRunArgs, X11Passthrough
 from x11passthrough.exceptions import (
     BindError,
     ConfigurationError,
@@ -27,6 +27,7 @@ from x11passthrough.exceptions import (
     SecurityExtensionError,
     XauthorityError,
 )
+from x11passthrough.xauth import Xauthority
 
 from support import XServer, require_executables
 from support import client_env as support_env
@@ -102,7 +103,7 @@ def test_session_file_is_private_and_holds_no_real_cookie(xvfb: XServer) -> None
         raw = args.xauthority.read_bytes()
         assert xvfb.cookie not in raw
         entries = Xauthority.loads(raw)
-        assert {e.number for e in entries} == {str(number(args))}
+        assert {e.number for e in entries} == {str(number(args)).encode()}
         assert len({e.data for e in entries}) == 1
         assert xvfb.cookie.hex() not in repr(entries)
 

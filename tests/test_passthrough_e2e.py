@@ -11,7 +11,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from x11passthrough import DockerRunArgs, X11Passthrough, Xauthority
+from x11passthrough import DockerRunArgs, X11Passthrough
+from x11passthrough.xauth import Xauthority
 
 from e2e_support import ForwardedDisplay, NetNamespace, Sshd, run_container
 from support import XServer, require_executables

@@ -28,10 +28,14 @@ from typing import Any
 import attrs
 import pytest
 
-from x11passthrough._display import Endpoint
-from x11passthrough._relay import Relay, RelayStats, RelayThread
-from x11passthrough._x11setup import Accept, Reject, failed_reply
-from x11passthrough.exceptions import RelayError
+from x11passthrough import RelayStats
+from x11passthrough._relay.options import RelayOptions
+from x11passthrough._relay.server import Relay
+from x11passthrough._relay.thread import RelayThread
+from x11passthrough._x11.gate import Accept, Reject
+from x11passthrough._x11.wire import failed_reply
+from x11passthrough.display import Endpoint
+from x11passthrough.exceptions import ConfigurationError, RelayError
 
 from support import require
 
@@ -277,7 +281,7 @@ def _relay_factory() -> Iterator[Callable[..., RelayThread]]:
 
     def make(upstream: Endpoint, **options: Any) -> RelayThread:
         listeners = options.pop("listeners", None) or [tcp_listener()]
-        relay = RelayThread(listeners, upstream, **options)
+        relay = RelayThread(listeners, upstream, RelayOptions(**options))
         relays.append(relay)
         relay.start()
         return relay
@@ -1059,16 +1063,18 @@ def test_start_fails_clearly_without_listeners() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"setup_timeout": 0}, "setup_timeout must be a positive number, not 0"),
-        ({"connect_timeout": -1.0}, "connect_timeout must be a positive number, not -1.0"),
-        ({"read_size": 0}, "read_size must be a positive number"),
-        ({"high_water": 10, "low_water": 10}, r"low_water \(10\) must be .* below high_water"),
-        ({"busy_poll": -1}, "busy_poll must be 0 or a positive number"),
+        ({"setup_timeout": 0}, "setup_timeout=0 must be a positive number of seconds"),
+        ({"connect_timeout": -1.0}, r"connect_timeout=-1\.0 must be a positive number"),
+        ({"read_size": 0}, "read_size=0 must be a whole number >= 1"),
+        ({"high_water": 10, "low_water": 10}, r"low_water=10 must be .* below high_water \(10\)"),
+        ({"busy_poll": -1}, "busy_poll=-1 must be 0 or a positive number"),
+        ({"allow": []}, r"allow=\[\] admits no client"),
     ],
 )
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
-    with tcp_listener() as listener, pytest.raises(RelayError, match=message):
-        RelayThread([listener], Endpoint.unix("/nonexistent"), **options)
+    """Each bad option is a ConfigurationError naming it, raised before any relay exists."""
+    with pytest.raises(ConfigurationError, match=message):
+        RelayOptions(**options)
 
 
 def test_stop_ends_connections_in_setup_and_leaks_nothing(
@@ -1076,7 +1082,9 @@ def test_stop_ends_connections_in_setup_and_leaks_nothing(
 ) -> None:
     """A client waiting in the setup filter is closed by stop(); its task ends quietly."""
     server = upstream_factory(echo)
-    relay = RelayThread([tcp_listener()], server.endpoint, setup_filter=lambda data: None)
+    relay = RelayThread(
+        [tcp_listener()], server.endpoint, RelayOptions(setup_filter=lambda data: None)
+    )
     relay.start()
     before = open_fds()
     client = connect(relay)

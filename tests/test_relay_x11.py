@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from x11passthrough._display import Endpoint
-from x11passthrough._relay import RelayThread
-from x11passthrough._x11setup import Accept, Reject
+from x11passthrough._relay.options import RelayOptions
+from x11passthrough._relay.thread import RelayThread
+from x11passthrough._x11.gate import Accept, Reject
+from x11passthrough.display import Endpoint
 
 from support import XServer, require_executables
 
@@ -59,7 +60,7 @@ def relay_display(
         capture_output=True,
     )
     env = xvfb.env(DISPLAY=f"localhost:{number}", XAUTHORITY=str(xauthority))
-    relay = RelayThread([listener], Endpoint.unix(xvfb.unix_path), **options)
+    relay = RelayThread([listener], Endpoint.unix(xvfb.unix_path), RelayOptions(**options))
     relay.start()
     try:
         yield relay, number, env

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from x11passthrough import X11Passthrough, Xauthority
-from x11passthrough._x11setup import (
+from x11passthrough import X11Passthrough
+from x11passthrough._x11.wire import (
     SetupRequest,
     SetupStatus,
     encode_setup_request,
     parse_setup_reply,
 )
 from x11passthrough.exceptions import X11SetupError
+from x11passthrough.xauth import Xauthority
 
 from support import XServer, require_executables
 
@@ -95,15 +96,13 @@ def test_bad_setup_is_refused_with_a_reason_and_nothing_forwarded(
     passthrough: X11Passthrough, case: str
 ) -> None:
     """Each bad message gets a Failed reply with a reason; no byte reaches the X server."""
-    relay = passthrough.relay
-    assert relay is not None
     reply = _exchange(_port(passthrough), BAD_MESSAGES[case])
     first = BAD_MESSAGES[case][0][0]
     status, reason = _status(reply, first if first in b"lBrR" else 0x6C)
     assert status is SetupStatus.FAILED
     assert reason.startswith("x11passthrough:")
-    assert relay.stats.bytes_up == 0
-    assert relay.stats.rejected >= 1
+    assert passthrough.stats.bytes_up == 0
+    assert passthrough.stats.rejected >= 1
 
 
 def test_byte_at_a_time_with_the_right_cookie_gets_through(passthrough: X11Passthrough) -> None:
@@ -121,8 +120,7 @@ def test_wrong_cookie_one_byte_at_a_time_is_refused(passthrough: X11Passthrough)
     message = encode_setup_request(0x6C, MIT, bytes(16))
     reply = _exchange(_port(passthrough), [bytes([b]) for b in message], pause=0.001)
     assert _status(reply)[0] is SetupStatus.FAILED
-    assert passthrough.relay is not None
-    assert passthrough.relay.stats.bytes_up == 0
+    assert passthrough.stats.bytes_up == 0
 
 
 def test_stalled_client_is_dropped_and_the_next_one_served(passthrough: X11Passthrough) -> None:
@@ -158,8 +156,7 @@ def test_random_setup_messages_never_get_through(passthrough: X11Passthrough) ->
         # setup timeout; everything else is answered at once.
         if reply:
             assert reply[0] == SetupStatus.FAILED, message
-    assert passthrough.relay is not None
-    assert passthrough.relay.stats.bytes_up == 0
+    assert passthrough.stats.bytes_up == 0
 
 
 def test_session_cookie_never_opens_the_x_server_itself(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 from pathlib import Path
 
 import pytest
 
-from x11passthrough._display import Endpoint
-from x11passthrough._security import SecurityClient
+from x11passthrough._x11.security import SecurityClient
+from x11passthrough.display import Endpoint
 from x11passthrough.exceptions import SecurityExtensionError
 
 from support import XServer, require_executables
@@ -27,6 +28,13 @@ def _auth_file(path: Path, server: XServer, data: bytes) -> Path:
     return path
 
 
+def _client(server: XServer, cookie: bytes) -> SecurityClient:
+    sock = Endpoint.unix(server.unix_path).connect(5)
+    return SecurityClient(
+        sock, COOKIE, cookie, number=server.number, timeout=5, where=server.unix_path
+    )
+
+
 def _extensions(server: XServer, xauthority: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["xdpyinfo", "-queryExtensions"],
@@ -40,7 +48,7 @@ def _extensions(server: XServer, xauthority: Path) -> subprocess.CompletedProces
 def test_untrusted_cookie_sees_less_and_is_revocable(xvfb: XServer, tmp_path: Path) -> None:
     """A client with an untrusted cookie connects but sees fewer extensions; revoked, it can't."""
     require_executables("xdpyinfo", "xauth")
-    client = SecurityClient(Endpoint.unix(xvfb.unix_path), COOKIE, xvfb.cookie, timeout=5)
+    client = _client(xvfb, xvfb.cookie)
     try:
         cookie = client.generate(timeout=60)
         assert len(cookie.data) == 16
@@ -64,17 +72,27 @@ def test_untrusted_cookie_sees_less_and_is_revocable(xvfb: XServer, tmp_path: Pa
 def test_wrong_cookie_is_a_clear_error(xvfb: XServer) -> None:
     """A connection the server refuses is reported with the server's reason."""
     with pytest.raises(SecurityExtensionError, match="refused"):
-        SecurityClient(Endpoint.unix(xvfb.unix_path), COOKIE, b"\0" * 16, timeout=5)
+        _client(xvfb, b"\0" * 16)
 
 
 def test_server_without_security_extension(xvfb_factory: object) -> None:
     """A server started without SECURITY gives an error that names the way out."""
     server = xvfb_factory(extra_args=("-extension", "SECURITY"))  # type: ignore[operator]
     with pytest.raises(SecurityExtensionError, match="lacks the SECURITY extension"):
-        SecurityClient(Endpoint.unix(server.unix_path), COOKIE, server.cookie, timeout=5)
+        _client(server, server.cookie)
 
 
-def test_unreachable_display(tmp_path: Path) -> None:
-    """No server at the endpoint: a clear error naming it."""
-    with pytest.raises(SecurityExtensionError, match="cannot reach"):
-        SecurityClient(Endpoint.unix(str(tmp_path / "none")), COOKIE, b"x" * 16, timeout=1)
+def test_server_that_closes_at_once() -> None:
+    """A peer that closes the connection before answering: a clear error, nothing hangs."""
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    with pytest.raises(SecurityExtensionError, match="closed the connection"):
+        SecurityClient(ours, COOKIE, b"x" * 16, number=0, timeout=1, where="a test peer")
+    assert ours.fileno() == -1
+
+
+def test_server_that_never_answers_is_bounded() -> None:
+    """A peer that accepts and stays silent: the setup fails after the timeout, no hang."""
+    ours, theirs = socket.socketpair()
+    with theirs, pytest.raises(SecurityExtensionError, match=r"did not answer within 0\.5 s"):
+        SecurityClient(ours, COOKIE, b"x" * 16, number=0, timeout=0.5, where="a test peer")

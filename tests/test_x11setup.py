@@ -9,14 +9,12 @@ from collections.abc import Iterable
 
 import pytest
 
-from x11passthrough._x11setup import (
+from x11passthrough._x11.gate import Accept, CookieGate, Reject
+from x11passthrough._x11.wire import (
     MAX_AUTH_DATA_LENGTH,
     MAX_AUTH_NAME_LENGTH,
     MAX_SETUP_SIZE,
     MIT_MAGIC_COOKIE_1,
-    Accept,
-    CookieGate,
-    Reject,
     SetupReply,
     SetupRequest,
     SetupStatus,

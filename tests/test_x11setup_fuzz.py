@@ -19,13 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from x11passthrough._x11setup import (
+from x11passthrough._x11.gate import Accept, CookieGate, Reject
+from x11passthrough._x11.wire import (
     MAX_AUTH_DATA_LENGTH,
     MAX_AUTH_NAME_LENGTH,
     MIT_MAGIC_COOKIE_1,
-    Accept,
-    CookieGate,
-    Reject,
     SetupStatus,
     parse_setup_reply,
 )

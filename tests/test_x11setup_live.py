@@ -20,10 +20,9 @@ from Xlib import X
 from Xlib import display as xlib_display
 from Xlib import error as xlib_error
 
-from x11passthrough._x11setup import (
+from x11passthrough._x11.gate import Accept, CookieGate
+from x11passthrough._x11.wire import (
     MIT_MAGIC_COOKIE_1,
-    Accept,
-    CookieGate,
     SetupReply,
     SetupRequest,
     SetupStatus,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from x11passthrough._xauth import (
+from x11passthrough.xauth import (
     MIT_MAGIC_COOKIE_1,
     Family,
     XauthEntry,
@@ -23,7 +23,7 @@ from support import require_executables
 
 
 MIT = MIT_MAGIC_COOKIE_1
-XDM = "XDM-AUTHORIZATION-1"
+XDM = b"XDM-AUTHORIZATION-1"
 
 
 @pytest.fixture(autouse=True)
@@ -45,8 +45,8 @@ def nlist_line(entry: XauthEntry) -> str:
     fields = [f"{entry.family:04x}"]
     for value in (
         entry.address,
-        entry.number.encode("latin-1"),
-        entry.name.encode("latin-1"),
+        entry.number,
+        entry.name,
         entry.data,
     ):
         fields += [f"{len(value):04x}", value.hex()]
@@ -65,11 +65,7 @@ def parse_nlist(text: str) -> list[XauthEntry]:
             assert len(value) == int(length, 16), line
             values.append(value)
         address, number, name, data = values
-        entries.append(
-            XauthEntry(
-                int(family, 16), address, number.decode("latin-1"), name.decode("latin-1"), data
-            )
-        )
+        entries.append(XauthEntry(int(family, 16), address, number, name, data))
     return entries
 
 
@@ -83,7 +79,7 @@ def xauth_order(entries: Iterable[XauthEntry]) -> list[XauthEntry]:
     The order xauth 1.1 leaves after add/merge: it sorts the list (stably) so entries with an
     empty number and then FamilyWild entries come last, and writes MIT-MAGIC-COOKIE-1 first.
     """
-    return sorted(entries, key=lambda e: (e.name != MIT, e.family == Family.WILD, e.number == ""))
+    return sorted(entries, key=lambda e: (e.name != MIT, e.family == Family.WILD, e.number == b""))
 
 
 def mit_first(entries: Iterable[XauthEntry]) -> list[XauthEntry]:
@@ -124,8 +120,8 @@ def test_files_written_by_xauth_load_like_nlist(tmp_path: Path) -> None:
     cookie = "000102030405060708090a0b0c0d0e0f"
     xauth(path, "add", ":5", ".", cookie)
     xauth(path, "add", ":6", "FOO-1", "abcdef")
-    xauth(path, "add", "10.1.2.3:4", XDM, "00112233445566778899aabbccddeeff")
-    xauth(path, "add", "[2001:db8::7]:2", MIT, "ff")
+    xauth(path, "add", "10.1.2.3:4", XDM.decode(), "00112233445566778899aabbccddeeff")
+    xauth(path, "add", "[2001:db8::7]:2", MIT.decode(), "ff")
     xauth(path, "add", "unix:9.3", ".", cookie)
     nmerge(
         path,
@@ -258,7 +254,7 @@ def test_xauth_reads_files_we_merged_and_saved(tmp_path: Path) -> None:
     listed = parse_nlist(xauth(copy, "nlist"))
     assert list(Xauthority.load(path)) == listed
     assert [(e.family, e.number) for e in listed] == [
-        (Family.LOCAL, "1"),
-        (Family.LOCAL, "3"),
-        (Family.WILD, "2"),
+        (Family.LOCAL, b"1"),
+        (Family.LOCAL, b"3"),
+        (Family.WILD, b"2"),
     ]

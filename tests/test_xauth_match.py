@@ -14,26 +14,28 @@ from pathlib import Path
 import attrs
 import pytest
 
-from x11passthrough._xauth import (
+from x11passthrough.exceptions import XauthorityError
+from x11passthrough.xauth import (
     MIT_MAGIC_COOKIE_1,
     Family,
     XauthEntry,
     Xauthority,
     peer_family_address,
 )
-from x11passthrough.exceptions import XauthorityError
 
 from support import XServer, require, require_executables
 
 
 MIT = MIT_MAGIC_COOKIE_1
-XDM = "XDM-AUTHORIZATION-1"
+XDM = b"XDM-AUTHORIZATION-1"
 HOST = b"host"
 OTHER = b"other"
 HOSTNAME = os.fsencode(socket.gethostname())
 
 
-def entry(family: int, address: bytes, number: str, name: str = MIT, tag: int = 0) -> XauthEntry:
+def entry(
+    family: int, address: bytes, number: str, name: str | bytes = MIT, tag: int = 0
+) -> XauthEntry:
     """An entry whose data identifies it (`tag`)."""
     return XauthEntry(family, address, number, name, bytes([tag]) * 16)
 
@@ -45,7 +47,7 @@ L, W, I4 = Family.LOCAL, Family.WILD, Family.INTERNET
 # (2) empty number on either side or equal numbers; (3) name in names (any name if names is
 # empty); lowest index in names wins, then the first in the file; stop at names[0].
 FIND_CASES: list[
-    tuple[str, list[XauthEntry], tuple[int, bytes, str | int, tuple[str, ...]], int | None]
+    tuple[str, list[XauthEntry], tuple[int, bytes, str | int, tuple[str | bytes, ...]], int | None]
 ] = [
     ("exact match", [entry(L, HOST, "0")], (L, HOST, "0", (MIT,)), 0),
     ("other address", [entry(L, OTHER, "0")], (L, HOST, "0", (MIT,)), None),
@@ -140,7 +142,7 @@ FIND_CASES: list[
 )
 def test_find_follows_libxau(
     entries: list[XauthEntry],
-    query: tuple[int, bytes, str | int, tuple[str, ...]],
+    query: tuple[int, bytes, str | int, tuple[str | bytes, ...]],
     expected: int | None,
 ) -> None:
     family, address, number, names = query
@@ -160,7 +162,7 @@ def test_find_default_names_is_mit_only() -> None:
     ("args", "message"),
     [
         ((L, "host", "0"), "address must be bytes, not str; encode it first"),
-        ((L, HOST, 0.0), "display number must be an int or str, not float"),
+        ((L, HOST, 0.0), "display number must be an int, str or bytes, not float"),
         (("256", HOST, "0"), "family must be an int"),
         ((L, HOST, "0", MIT), "names must be a sequence of auth names"),
     ],

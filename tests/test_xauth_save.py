@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from x11passthrough import _xauth
-from x11passthrough._xauth import (
+from x11passthrough._xauth import files as _xauth_files
+from x11passthrough.exceptions import XauthorityError, XauthorityLockError
+from x11passthrough.xauth import (
     MIT_MAGIC_COOKIE_1,
     Family,
     XauthEntry,
     Xauthority,
     xauthority_lock,
 )
-from x11passthrough.exceptions import XauthorityError, XauthorityLockError
 
 from support import require_executables
 
@@ -115,7 +115,7 @@ def test_planted_symlinks_at_the_temporary_name_are_never_followed(
     (tmp_path / "auth.tmp-planted1").symlink_to(target)
     (tmp_path / "auth.tmp-planted2").symlink_to(missing)
     given = iter(["planted1", "planted2", "free"])
-    monkeypatch.setattr(_xauth, "_temp_name", lambda base: f"{base}.tmp-{next(given)}")
+    monkeypatch.setattr(_xauth_files, "_temp_name", lambda base: f"{base}.tmp-{next(given)}")
     caplog.set_level(logging.WARNING, logger="x11passthrough")
 
     AUTH.save(path)
@@ -135,7 +135,7 @@ def test_all_temporary_names_taken_is_an_error(
     path = tmp_path / "auth"
     OLD.save(path)
     (tmp_path / "auth.tmp-same").symlink_to(tmp_path / "nowhere")
-    monkeypatch.setattr(_xauth, "_temp_name", lambda base: f"{base}.tmp-same")
+    monkeypatch.setattr(_xauth_files, "_temp_name", lambda base: f"{base}.tmp-same")
     with pytest.raises(XauthorityError, match=f"temporary names in {tmp_path} were all taken"):
         AUTH.save(path)
     assert Xauthority.load(path) == OLD
@@ -350,7 +350,7 @@ def test_update_rejects_a_bad_change(tmp_path: Path) -> None:
 
 PYTHON_WORKER = """
 import sys
-from x11passthrough._xauth import Family, XauthEntry, Xauthority
+from x11passthrough.xauth import Family, XauthEntry, Xauthority
 
 path, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for number in range(count):
@@ -392,9 +392,9 @@ def test_concurrent_writers_lose_no_entry(tmp_path: Path) -> None:
         assert worker.returncode == 0, stderr.decode()
         assert b"lock" not in stderr, stderr.decode()
     final = Xauthority.load(path)
-    expected = {(b"host", "9")}
-    expected |= {(f"py{w}".encode(), str(n)) for w in range(4) for n in range(per_python)}
-    expected |= {(f"xa{w}".encode(), str(n)) for w in range(4) for n in range(per_xauth)}
+    expected = {(b"host", b"9")}
+    expected |= {(f"py{w}".encode(), b"%d" % n) for w in range(4) for n in range(per_python)}
+    expected |= {(f"xa{w}".encode(), b"%d" % n) for w in range(4) for n in range(per_xauth)}
     assert {(e.address, e.number) for e in final} == expected
     assert len(final) == len(expected)
     assert names(tmp_path) == {"auth"}

@@ -1,46 +1,35 @@
-"""Let Docker containers open windows on the host's X display, safely and fast."""
+"""
+Let containers open windows on the host's X display, safely and fast.
+
+The front door is :class:`X11Passthrough`::
+
+    with X11Passthrough() as args:
+        subprocess.run(["docker", "run", "--rm", *args, image, "xeyes"])
+
+Two public submodules are a deliberate second tier for embedders:
+:mod:`x11passthrough.display` (display names, locating, reserving) and
+:mod:`x11passthrough.xauth` (Xauthority files). Everything else is private.
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import version as _version
 
 from . import exceptions
-from ._display import (
-    DEFAULT_DISPLAY_RANGE,
-    DisplayLocator,
-    DisplayName,
-    Endpoint,
-    Reservation,
-)
-from ._dockerargs import DockerRunArgs
-from ._passthrough import AuthMode, X11Passthrough
-from ._relay import Relay, RelayStats, RelayThread
-from ._x11setup import CookieGate, SetupRequest
-from ._xauth import MIT_MAGIC_COOKIE_1, Family, XauthEntry, Xauthority, xauthority_lock
+from ._args import DockerRunArgs
+from ._options import AuthMode
+from ._passthrough import X11Passthrough
+from ._relay.stats import RelayStats
 from .exceptions import X11PassthroughError
 
 
 __all__ = [
-    "DEFAULT_DISPLAY_RANGE",
-    "MIT_MAGIC_COOKIE_1",
     "AuthMode",
-    "CookieGate",
-    "DisplayLocator",
-    "DisplayName",
     "DockerRunArgs",
-    "Endpoint",
-    "Family",
-    "Relay",
     "RelayStats",
-    "RelayThread",
-    "Reservation",
-    "SetupRequest",
     "X11Passthrough",
     "X11PassthroughError",
-    "XauthEntry",
-    "Xauthority",
     "exceptions",
-    "xauthority_lock",
 ]
 
 

@@ -23,7 +23,7 @@ import threading
 
 from collections.abc import Sequence
 
-from ._dockerargs import DockerRunArgs
+from ._args import DockerRunArgs
 from ._passthrough import X11Passthrough
 from .exceptions import X11PassthroughError
 

@@ -2,6 +2,12 @@
 X11Passthrough: one context manager that lends the host's display to containers.
 
 Strictly private: import :class:`X11Passthrough` from :mod:`x11passthrough`.
+
+It composes the layers below it and is imported by none of them: the display locator finds
+and connects to the host's display, the Xauthority reader picks the cookie for that very
+connection, the SECURITY client (untrusted mode) turns it into an untrusted one, the locator
+reserves display M, the session module writes the container's authority file, the relay
+serves M, and :class:`DockerRunArgs` says what a container needs.
 """
 
 from __future__ import annotations
@@ -12,138 +18,47 @@ import ipaddress
 import logging
 import os
 import secrets
-import shutil
 import socket
-import tempfile
 import warnings
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, Literal, get_args
 
 import attrs
 
-from . import _netinfo
-from ._display import DisplayLocator, DisplayName, Endpoint
-from ._dockerargs import DEFAULT_CONTAINER_XAUTHORITY, DockerRunArgs
-from ._relay import Relay, RelayThread
-from ._security import SecurityClient, UntrustedCookie
-from ._x11setup import CookieGate
-from ._xauth import Family, XauthEntry, Xauthority
-from .exceptions import ConfigurationError, DisplayError, X11PassthroughError
+from . import _netinfo, _session
+from ._args import DEFAULT_CONTAINER_XAUTHORITY, DockerRunArgs
+from ._display._endpoint import Endpoint
+from ._display._locate import DisplayConnection
+from ._display._locator import DisplayLocator
+from ._display._name import DisplayName
+from ._display._reserve import reserve
+from ._options import AuthMode, Options
+from ._relay.options import RelayOptions
+from ._relay.server import Relay
+from ._relay.stats import RelayStats
+from ._relay.thread import RelayThread
+from ._validate import IPAddress, IPNetwork
+from ._x11.gate import CookieGate
+from ._x11.security import SecurityClient, UntrustedCookie
+from ._x11.wire import MIT_MAGIC_COOKIE_1
+from ._xauth.authority import Xauthority
+from ._xauth.format import Family, XauthEntry, dump
+from .exceptions import DisplayError, X11PassthroughError
 
 
 log = logging.getLogger("x11passthrough")
 
-AuthMode = Literal["substitute", "untrusted", "forward"]
-_MIT = "MIT-MAGIC-COOKIE-1"
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 @attrs.frozen(kw_only=True)
-class _Options:
-    """The validated options of a passthrough. Strictly private."""
+class _Session:
+    """What _prepare made. Strictly private."""
 
-    display: str | None
-    xauthority: Path | None
-    auth: AuthMode
-    host_alias: str
-    gateway: str
-    bind: tuple[str, ...] | None
-    allow: tuple[_Network, ...] | None
-    container_xauthority: PurePosixPath
-    container_hostname: str | None
-    host_dir: Path | None
-    display_range: range
-    untrusted_timeout: int
-    connect_timeout: float
-    setup_timeout: float
-
-
-def _validate(**options: object) -> _Options:  # noqa: PLR0912 - one check per option
-    auth = options["auth"]
-    if auth not in get_args(AuthMode):
-        raise ConfigurationError(
-            f"auth={auth!r} is not an auth mode; use 'substitute' (default), 'untrusted' or "
-            "'forward'"
-        )
-    display = options["display"]
-    if display is not None:
-        display = str(display)
-        DisplayName.parse(display)  # fail early, with the parser's message
-    bind = options["bind"]
-    if bind is not None:
-        bind = (bind,) if isinstance(bind, str) else tuple(str(b) for b in bind)  # type: ignore[attr-defined]
-        if not bind:
-            raise ConfigurationError("bind=() names no address; pass None for the default")
-        for address in bind:
-            try:
-                ipaddress.ip_address(address)
-            except ValueError:
-                raise ConfigurationError(
-                    f"bind address {address!r} is not an IP address; pass the address of an "
-                    "interface of this host, e.g. the docker0 address 172.17.0.1"
-                ) from None
-    allow = options["allow"]
-    if allow is not None:
-        nets = []
-        for net in (allow,) if isinstance(allow, str) else allow:  # type: ignore[attr-defined]
-            try:
-                nets.append(ipaddress.ip_network(net, strict=False))
-            except ValueError:
-                raise ConfigurationError(
-                    f"allow entry {net!r} is not a network; use CIDR notation like '172.17.0.0/16'"
-                ) from None
-        allow = tuple(nets)
-    display_range = options["display_range"]
-    if not isinstance(display_range, range) or not display_range:
-        raise ConfigurationError(
-            f"display_range={display_range!r} must be a non-empty range, e.g. range(50, 300)"
-        )
-    if display_range.start < 1 or display_range.stop > 59536:
-        raise ConfigurationError(
-            f"display_range={display_range!r} must stay within 1..59535 (port 6000+N <= 65535)"
-        )
-    hostname = options["container_hostname"]
-    if hostname is not None and (
-        not isinstance(hostname, str) or not hostname or len(hostname) > 63
-    ):
-        raise ConfigurationError(
-            f"container_hostname={hostname!r} must be a host name of 1 to 63 characters, or None"
-        )
-    container_xauthority = PurePosixPath(str(options["container_xauthority"]))
-    if not container_xauthority.is_absolute():
-        raise ConfigurationError(
-            f"container_xauthority={str(container_xauthority)!r} must be an absolute path"
-        )
-    untrusted_timeout = options["untrusted_timeout"]
-    if not isinstance(untrusted_timeout, int) or untrusted_timeout < 0:
-        raise ConfigurationError(
-            f"untrusted_timeout={untrusted_timeout!r} must be whole seconds >= 0 (0: no expiry)"
-        )
-    for name in ("connect_timeout", "setup_timeout"):
-        value = options[name]
-        if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise ConfigurationError(f"{name}={value!r} must be a positive number of seconds")
-    xauthority = options["xauthority"]
-    host_dir = options["host_dir"]
-    return _Options(
-        display=display,
-        xauthority=None if xauthority is None else Path(xauthority),  # type: ignore[arg-type]
-        auth=auth,  # type: ignore[arg-type]
-        host_alias=str(options["host_alias"]),
-        gateway=str(options["gateway"]),
-        bind=bind,
-        allow=allow,
-        container_xauthority=container_xauthority,
-        container_hostname=hostname,
-        host_dir=None if host_dir is None else Path(host_dir),  # type: ignore[arg-type]
-        display_range=display_range,
-        untrusted_timeout=untrusted_timeout,
-        connect_timeout=float(options["connect_timeout"]),  # type: ignore[arg-type]
-        setup_timeout=float(options["setup_timeout"]),  # type: ignore[arg-type]
-    )
+    endpoint: Endpoint
+    listeners: Sequence[socket.socket]
+    relay_options: RelayOptions
+    args: DockerRunArgs
 
 
 class X11Passthrough:
@@ -163,7 +78,7 @@ class X11Passthrough:
     Args:
         display: The host display, in any ``DISPLAY`` form; default: ``$DISPLAY``.
         xauthority: The host's authority file; default: libXau's (``$XAUTHORITY``, else
-            ``~/.Xauthority``).
+            ``~/.Xauthority``). ``""`` means no file, as ``XAUTHORITY=""`` does for libXau.
         auth: ``"substitute"`` (default): the container gets a fresh session cookie that the
             relay checks and swaps for the real one; the real cookie never leaves the host.
             ``"untrusted"``: as substitute, but the X server sees an untrusted cookie from its
@@ -190,10 +105,13 @@ class X11Passthrough:
         connect_timeout: Seconds to wait for the host display when probing and connecting.
         setup_timeout: Seconds a container's client has to complete its X11 setup message
             before the relay drops it.
-        locator: The :class:`DisplayLocator` to use (for other socket directories).
+        locator: The :class:`~x11passthrough.display.DisplayLocator` to use (for other socket
+            directories).
 
     Raises:
         ConfigurationError: An option is invalid (raised at construction).
+
+    .. versionadded:: 0.1.0
     """
 
     def __init__(
@@ -205,7 +123,7 @@ class X11Passthrough:
         host_alias: str = "host.docker.internal",
         gateway: str = "host-gateway",
         bind: str | Sequence[str] | None = None,
-        allow: str | Sequence[str | _Network] | None = None,
+        allow: str | Sequence[str | IPNetwork] | None = None,
         container_xauthority: str | PurePosixPath = DEFAULT_CONTAINER_XAUTHORITY,
         container_hostname: str | None = "x11passthrough",
         host_dir: str | os.PathLike[str] | None = None,
@@ -215,7 +133,7 @@ class X11Passthrough:
         setup_timeout: float = 10.0,
         locator: DisplayLocator | None = None,
     ) -> None:
-        self._options = _validate(
+        self._options = Options(
             display=display,
             xauthority=xauthority,
             auth=auth,
@@ -235,33 +153,47 @@ class X11Passthrough:
         self._cleanup: contextlib.ExitStack | None = None
         self._args: DockerRunArgs | None = None
         self._relay: RelayThread | Relay | None = None
-        self._async_cleanup: Callable[[], object] | None = None
+        self._last_stats = RelayStats()
 
     def __repr__(self) -> str:
         state = "open" if self._args is not None else "closed"
         display = self._args.display if self._args is not None else None
+        shown = None if self._options.display is None else str(self._options.display)
         return (
-            f"<X11Passthrough(display={self._options.display!r}, auth={self._options.auth!r}, "
+            f"<X11Passthrough(display={shown!r}, auth={self._options.auth!r}, "
             f"container_display={display!r}, state={state!r})>"
         )
 
     @property
     def args(self) -> DockerRunArgs:
-        """The docker-run arguments of the running passthrough."""
+        """
+        The docker-run arguments of the running passthrough.
+
+        Raises:
+            X11PassthroughError: The passthrough is not running.
+        """
         if self._args is None:
             raise X11PassthroughError("the passthrough is not running; call start() first")
         return self._args
 
     @property
-    def relay(self) -> RelayThread | Relay | None:
-        """The running relay (for its ``stats``), or None."""
-        return self._relay
+    def stats(self) -> RelayStats:
+        """
+        A snapshot of the relay's counters: now while it runs, else as it ended.
+
+        .. versionadded:: 0.1.0
+        """
+        if self._relay is not None:
+            return self._relay.stats
+        return self._last_stats
 
     # -- sync API ---------------------------------------------------------------------------
 
     def start(self) -> DockerRunArgs:
         """
         Start the passthrough and return the container's arguments.
+
+        Calling it again while running returns the same arguments.
 
         Raises:
             DisplayError: No display is set, or it cannot be reached.
@@ -275,7 +207,7 @@ class X11Passthrough:
         stack = contextlib.ExitStack()
         try:
             session = self._prepare(stack)
-            relay = RelayThread(session.listeners, session.endpoint, **session.relay_options)
+            relay = RelayThread(session.listeners, session.endpoint, session.relay_options)
             relay.start()
             stack.callback(relay.stop)
         except BaseException:
@@ -289,11 +221,13 @@ class X11Passthrough:
     def close(self) -> None:
         """Stop the relay, free the port and remove the files. Idempotent."""
         stack, self._cleanup = self._cleanup, None
+        relay, self._relay = self._relay, None
         self._args = None
-        self._relay = None
         if stack is not None:
             stack.close()
             log.debug("passthrough closed")
+        if relay is not None:
+            self._last_stats = relay.stats
 
     def __enter__(self) -> DockerRunArgs:
         return self.start()
@@ -319,28 +253,32 @@ class X11Passthrough:
     # -- async API --------------------------------------------------------------------------
 
     async def astart(self) -> DockerRunArgs:
-        """Start the passthrough with its relay in the running event loop."""
+        """
+        Start the passthrough with its relay in the running event loop.
+
+        Raises:
+            The same errors as :meth:`start`.
+        """
         if self._args is not None:
             return self._args
         stack = contextlib.ExitStack()
         try:
             session = await asyncio.to_thread(self._prepare, stack)
-            relay = Relay(session.listeners, session.endpoint, **session.relay_options)
+            relay = Relay(session.listeners, session.endpoint, session.relay_options)
             await relay.start()
         except BaseException:
             stack.close()
             raise
         self._relay = relay
         self._cleanup = stack
-        self._async_cleanup = relay.stop
         self._args = session.args
         return session.args
 
     async def aclose(self) -> None:
         """Stop the relay, free the port and remove the files. Idempotent."""
-        stop, self._async_cleanup = self._async_cleanup, None
-        if stop is not None:
-            await stop()  # type: ignore[misc]
+        relay = self._relay
+        if isinstance(relay, Relay):
+            await relay.stop()
         self.close()
 
     async def __aenter__(self) -> DockerRunArgs:
@@ -356,45 +294,54 @@ class X11Passthrough:
 
     # -- the work -----------------------------------------------------------------------------
 
-    def _prepare(self, stack: contextlib.ExitStack) -> _Session:
-        """Locate, authenticate, reserve and write; register every cleanup on `stack`."""
-        opts = self._options
-        text = opts.display if opts.display is not None else os.environ.get("DISPLAY")
+    def _display_name(self) -> DisplayName:
+        if self._options.display is not None:
+            return self._options.display
+        text = os.environ.get("DISPLAY")
         if not text:
             raise DisplayError(
                 "DISPLAY is not set and no display was given: run inside an X session, or pass "
                 "X11Passthrough(display=':0')"
             )
-        name = DisplayName.parse(text)
-        endpoint = self._locator.locate(name)
-        real = self._real_cookie(name, endpoint)
+        return DisplayName.parse(text)
+
+    def _prepare(self, stack: contextlib.ExitStack) -> _Session:
+        """Locate, authenticate, reserve and write; register every cleanup on `stack`."""
+        opts = self._options
+        name = self._display_name()
+        connection = self._locator.connect(name)
+        with contextlib.ExitStack() as closing:
+            closing.callback(connection.close)
+            real = self._real_cookie(connection)
+            endpoint = connection.endpoint
+            if opts.auth == "untrusted":
+                closing.pop_all()  # the SECURITY client owns the connection now
+                upstream: bytes | None = self._untrusted_cookie(connection, real, stack)
+            else:
+                upstream = real
 
         bind = opts.bind or self._default_bind()
-        reservation = self._locator.reserve(range=opts.display_range, bind=bind)
+        reservation = reserve(opts.display_range, bind, self._locator._places(abstract=True))
         stack.callback(reservation.close)
         number = reservation.number
 
-        if opts.auth == "forward":
-            container_cookie = real
-            gate = None
-        else:
+        gate = None
+        container_cookie = real
+        if opts.auth != "forward":
             container_cookie = secrets.token_bytes(16)
-            upstream = real
-            if opts.auth == "untrusted":
-                upstream = self._untrusted_cookie(endpoint, real, stack)
             gate = CookieGate(
-                expected_name=_MIT.encode(),
+                expected_name=MIT_MAGIC_COOKIE_1,
                 expected_data=container_cookie,
-                replacement_name=_MIT.encode() if upstream else b"",
+                replacement_name=MIT_MAGIC_COOKIE_1 if upstream else b"",
                 replacement_data=upstream or b"",
             )
 
         xauthority = None
         if container_cookie:
             xauthority = self._write_session_file(number, container_cookie, stack)
-        allow = opts.allow
+        allow: tuple[IPNetwork, ...] | None = opts.allow
         if allow is None:
-            allow = tuple(_netinfo.networks_for(list(bind))) or None
+            allow = tuple(_netinfo.networks_for([str(a) for a in bind])) or None
             if allow is None:
                 log.warning(
                     "no container network found to restrict relay clients to; any host that "
@@ -418,43 +365,39 @@ class X11Passthrough:
         return _Session(
             endpoint=endpoint,
             listeners=reservation.sockets,
-            relay_options={
-                "setup_filter": gate,
-                "setup_timeout": opts.setup_timeout,
-                "connect_timeout": opts.connect_timeout,
-                "allow": allow,
-            },
+            relay_options=RelayOptions(
+                setup_filter=gate,
+                setup_timeout=opts.setup_timeout,
+                connect_timeout=opts.connect_timeout,
+                allow=allow,
+            ),
             args=args,
         )
 
-    def _real_cookie(self, name: DisplayName, endpoint: Endpoint) -> bytes | None:
-        """Return the MIT cookie a client of the host display would send, or None."""
-        opts = self._options
-        authority = Xauthority.load(opts.xauthority)
-        try:
-            sock = endpoint.connect(opts.connect_timeout)
-        except OSError as e:
-            raise DisplayError(f"the X display at {endpoint} stopped answering: {e}") from e
-        with sock:
-            entry = authority.for_connection(sock, name.number)
+    def _real_cookie(self, connection: DisplayConnection) -> bytes | None:
+        """Return the MIT cookie a client would send on `connection`, or None."""
+        authority = Xauthority.load(self._options.xauthority)
+        entry = authority.for_connection(connection.socket, connection.name.number)
         if entry is None:
             log.info(
                 "no MIT-MAGIC-COOKIE-1 for display %s in the authority file; the X server must "
                 "accept clients without one (xhost, SI:localuser or no access control)",
-                name,
+                connection.name,
             )
             return None
         return entry.data
 
     def _untrusted_cookie(
-        self, endpoint: Endpoint, real: bytes | None, stack: contextlib.ExitStack
+        self, connection: DisplayConnection, real: bytes | None, stack: contextlib.ExitStack
     ) -> bytes:
         opts = self._options
         client = SecurityClient(
-            endpoint,
-            _MIT.encode() if real else b"",
+            connection.socket,
+            MIT_MAGIC_COOKIE_1 if real else b"",
             real or b"",
+            number=connection.name.number,
             timeout=opts.connect_timeout,
+            where=str(connection.endpoint),
         )
         stack.callback(client.close)
         cookie = client.generate(timeout=opts.untrusted_timeout)
@@ -468,56 +411,31 @@ class X11Passthrough:
         stack.callback(revoke)
         return cookie.data
 
-    def _default_bind(self) -> tuple[str, ...]:
+    def _default_bind(self) -> tuple[IPAddress, ...]:
         gateway = _netinfo.docker_gateway()
         if gateway is not None:
-            return (gateway,)
+            return (ipaddress.IPv4Address(gateway),)
         log.warning(
             "this host has no docker0 interface; the relay listens on 0.0.0.0 so that "
             "containers in a VM (Docker Desktop) can reach it. Pass bind=... to narrow it."
         )
-        return ("0.0.0.0",)
+        return (ipaddress.IPv4Address("0.0.0.0"),)
 
     def _write_session_file(self, number: int, cookie: bytes, stack: contextlib.ExitStack) -> Path:
         opts = self._options
-        base = opts.host_dir
-        if base is None:
-            runtime = os.environ.get("XDG_RUNTIME_DIR")
-            base = Path(runtime) if runtime and os.path.isdir(runtime) else None
-        try:
-            directory = Path(tempfile.mkdtemp(prefix="x11passthrough-", dir=base))
-        except OSError as e:
-            raise X11PassthroughError(
-                f"cannot create a private directory in {base or tempfile.gettempdir()}: {e}; "
-                "pass host_dir=... pointing to a writable directory"
-            ) from e
-        stack.callback(shutil.rmtree, directory, ignore_errors=True)
-        entries = [
-            XauthEntry(family=Family.WILD, address=b"", number=str(number), name=_MIT, data=cookie)
-        ]
+        directory = _session.create_directory(opts.host_dir)
+        stack.callback(_session.remove_directory, directory)
+        entries = [XauthEntry(Family.WILD, b"", number, MIT_MAGIC_COOKIE_1, cookie)]
         if opts.container_hostname:
             entries.append(
                 XauthEntry(
-                    family=Family.LOCAL,
-                    address=opts.container_hostname.encode(),
-                    number=str(number),
-                    name=_MIT,
-                    data=cookie,
+                    Family.LOCAL,
+                    opts.container_hostname.encode(),
+                    number,
+                    MIT_MAGIC_COOKIE_1,
+                    cookie,
                 )
             )
         path = directory / "Xauthority"
-        data = Xauthority(entries).dumps()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        _session.write_file(path, dump(entries))
         return path
-
-
-@attrs.frozen(kw_only=True)
-class _Session:
-    """What _prepare made. Strictly private."""
-
-    endpoint: Endpoint
-    listeners: Sequence[socket.socket]
-    relay_options: dict[str, Any]
-    args: DockerRunArgs

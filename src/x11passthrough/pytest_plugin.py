@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from ._dockerargs import DockerRunArgs
+from ._args import DockerRunArgs
 from ._passthrough import X11Passthrough
 
 

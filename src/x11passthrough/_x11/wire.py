@@ -1,5 +1,5 @@
 """
-The X11 connection-setup message: parse, rewrite and answer it.
+The X11 connection-setup message: parse, encode and answer it. The one home of the wire format.
 
 Strictly private.
 
@@ -8,10 +8,6 @@ protocol version, the lengths ``n`` and ``d`` of the authorization protocol name
 then the name and the data, each padded to a multiple of 4 bytes. All integers use the byte
 order the client declared in its first byte. The server answers with a *setup reply* whose
 status is Failed (0), Success (1) or Authenticate (2).
-
-The relay checks this first message with a :class:`CookieGate`: it accepts only the
-per-session fake cookie, swaps in the real cookie (or no authorization at all), and answers
-every other client with a readable "Failed" reply instead of a silent close.
 
 Choices made here:
 
@@ -30,34 +26,12 @@ Choices made here:
 from __future__ import annotations
 
 import enum
-import hmac
-import logging
 import struct
 
 import attrs
 
-from .exceptions import X11SetupError
+from ..exceptions import X11SetupError
 
-
-__all__ = [
-    "BIG_ENDIAN_ORDERS",
-    "LITTLE_ENDIAN_ORDERS",
-    "MAX_AUTH_DATA_LENGTH",
-    "MAX_AUTH_NAME_LENGTH",
-    "MAX_SETUP_SIZE",
-    "MIT_MAGIC_COOKIE_1",
-    "Accept",
-    "CookieGate",
-    "Reject",
-    "SetupReply",
-    "SetupRequest",
-    "SetupStatus",
-    "encode_setup_request",
-    "failed_reply",
-    "parse_setup_reply",
-]
-
-logger = logging.getLogger("x11passthrough")
 
 #: Byte-order bytes a client may send first: MSB first (``B``), LSB first (``l``), and the
 #: X.Org >= 1.14 "not local" variants ``R`` and ``r``.
@@ -78,7 +52,6 @@ MAX_SETUP_SIZE = 12 + MAX_AUTH_NAME_LENGTH + MAX_AUTH_DATA_LENGTH
 _PREFIX_SIZE = 12
 _REPLY_HEADER_SIZE = 8
 _UINT16_MAX = 0xFFFF
-_NOT_LOCAL = {ord("l"): ord("r"), ord("B"): ord("R")}
 
 
 def _pad4(length: int) -> int:
@@ -144,7 +117,7 @@ def _validate_data(_instance: object, _attribute: object, value: bytes) -> None:
     _check_lengths(0, len(value))
 
 
-def _hidden(value: bytes) -> str:
+def hidden(value: bytes) -> str:
     """Show a secret by its length only."""
     return f"<{len(value)} bytes hidden>"
 
@@ -174,7 +147,7 @@ class SetupRequest:
     major: int = attrs.field(default=11, validator=_validate_version)
     minor: int = attrs.field(default=0, validator=_validate_version)
     auth_name: bytes = attrs.field(default=b"", validator=_validate_name)
-    auth_data: bytes = attrs.field(default=b"", validator=_validate_data, repr=_hidden)
+    auth_data: bytes = attrs.field(default=b"", validator=_validate_data, repr=hidden)
 
     @property
     def size(self) -> int:
@@ -365,34 +338,6 @@ def parse_setup_reply(data: bytes, *, byte_order: int = 0x6C) -> SetupReply | No
     return SetupReply(status, major, minor, reason, size)
 
 
-@attrs.frozen
-class Accept:
-    """
-    Verdict of a setup filter: send `forward` upstream, then relay bytes unchanged.
-
-    Attributes:
-        forward: Replaces every byte received so far: the rewritten setup request followed by
-            the bytes the client sent after it, unchanged. Not shown in the repr (it carries
-            the real cookie).
-    """
-
-    forward: bytes = attrs.field(repr=False)
-
-
-@attrs.frozen
-class Reject:
-    """
-    Verdict of a setup filter: send `reply` (an X11 "Failed" reply) to the client, close.
-
-    Attributes:
-        reason: Why, readable; the same text the reply carries (fit for logs: no secrets).
-        reply: The encoded "Failed" reply, in the client's byte order.
-    """
-
-    reason: str
-    reply: bytes = attrs.field(repr=False)
-
-
 def failed_reply(reason: str, byte_order: int = 0x6C) -> bytes:
     """
     Encode an X11 "Failed" connection-setup reply carrying `reason`.
@@ -414,135 +359,3 @@ def failed_reply(reason: str, byte_order: int = 0x6C) -> bytes:
     fmt = ">" if byte_order in BIG_ENDIAN_ORDERS else "<"
     header = struct.pack(fmt + "BBHHH", 0, len(text), 11, 0, (len(text) + pad) // 4)
     return header + text + b"\0" * pad
-
-
-_REASON_PREFIX = "x11passthrough: "
-_WRONG_COOKIE = _REASON_PREFIX + "wrong authorization cookie"
-_NO_AUTH = (
-    _REASON_PREFIX + "no authorization: this display needs the session cookie (set XAUTHORITY)"
-)
-_INTERNAL = _REASON_PREFIX + "internal error while checking the setup message"
-_SHOWN_NAME_MAX = 40
-
-
-def _show_name(name: bytes) -> str:
-    """Quote an untrusted protocol name for a reason text: printable ASCII, bounded."""
-    text = "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x27 else f"\\x{b:02x}" for b in name)
-    if len(text) > _SHOWN_NAME_MAX:
-        text = text[:_SHOWN_NAME_MAX] + "..."
-    return f"'{text}'"
-
-
-def _validate_cookie_pair(name: bytes, data: bytes, *, what: str, required: bool) -> None:
-    """Check a configured name/data pair (never shows the data)."""
-    if not isinstance(name, bytes) or not isinstance(data, bytes):
-        raise X11SetupError(f"{what} name and data must be bytes")
-    if required and not (name and data):
-        raise X11SetupError(f"{what} name and data must not be empty")
-    if not name and data:
-        raise X11SetupError(f"{what} data given without a protocol name")
-    if len(name) > MAX_AUTH_NAME_LENGTH or len(data) > MAX_AUTH_DATA_LENGTH:
-        raise X11SetupError(
-            f"{what} is too long: name of {len(name)} bytes (limit {MAX_AUTH_NAME_LENGTH}), "
-            f"data of {len(data)} bytes (limit {MAX_AUTH_DATA_LENGTH})"
-        )
-
-
-@attrs.frozen(kw_only=True)
-class CookieGate:
-    """
-    The relay's setup filter: admit only the session's fake cookie and swap in the real one.
-
-    Call it with every byte the client has sent so far (from the start of the connection)
-    until it returns a verdict. It never raises: any problem becomes a :class:`Reject` whose
-    reply is a readable X11 "Failed" reply in the client's byte order, so X clients print the
-    reason (e.g. ``x11passthrough: wrong authorization cookie``) instead of "connection
-    broken". A verdict is reached at the latest after :data:`MAX_SETUP_SIZE` bytes.
-
-    Cookies are compared with :func:`hmac.compare_digest`, name and data both always, so the
-    time taken depends only on what the client sent. Neither the repr nor the str shows a
-    cookie.
-
-    Attributes:
-        expected_data: The per-session fake cookie clients must present.
-        replacement_name: Authorization protocol name sent to the real server; empty (with
-            empty `replacement_data`) to send no authorization, for servers that need none.
-        replacement_data: The real cookie sent to the server; empty for no authorization.
-        expected_name: The authorization protocol clients must use.
-        rewrite_byte_order: Rewrite the client's ``l``/``B`` to ``r``/``R``. X.Org >= 1.14
-            then marks the client as not local, so clients behind the relay (which cannot pass
-            file descriptors or share memory with the server) are not offered MIT-SHM or DRI.
-            Off by default because older servers and other proxies (OpenSSH's X11 forwarding)
-            close the connection on ``r``/``R`` without a reply.
-
-    Raises:
-        X11SetupError: A name or cookie is empty where it must not be, or too long.
-    """
-
-    expected_data: bytes = attrs.field(repr=_hidden)
-    replacement_name: bytes
-    replacement_data: bytes = attrs.field(repr=_hidden)
-    expected_name: bytes = MIT_MAGIC_COOKIE_1
-    rewrite_byte_order: bool = False
-
-    def __attrs_post_init__(self) -> None:
-        _validate_cookie_pair(
-            self.expected_name, self.expected_data, what="expected cookie", required=True
-        )
-        _validate_cookie_pair(
-            self.replacement_name,
-            self.replacement_data,
-            what="replacement cookie",
-            required=False,
-        )
-
-    def __call__(self, data: bytes) -> Accept | Reject | None:
-        """
-        Judge the client's first bytes.
-
-        Args:
-            data: Every byte the client sent so far, from the start of the connection.
-
-        Returns:
-            ``None`` while the setup request is incomplete; :class:`Accept` whose `forward`
-            is the rewritten request followed by the bytes after it, unchanged; or
-            :class:`Reject` with a "Failed" reply for the client.
-        """
-        order = 0x6C
-        try:
-            if data:
-                order = data[0]
-            return self._judge(data)
-        except X11SetupError as exc:
-            return self._reject(f"{_REASON_PREFIX}{exc}", order)
-        except Exception:  # the gate must fail closed, never crash the relay
-            logger.exception("unexpected error while checking an X11 setup message")
-            return self._reject(_INTERNAL, order)
-
-    def _judge(self, data: bytes) -> Accept | Reject | None:
-        request = SetupRequest.parse(data)
-        if request is None:
-            return None
-        name_ok = hmac.compare_digest(self.expected_name, request.auth_name)
-        data_ok = hmac.compare_digest(self.expected_data, request.auth_data)
-        if name_ok & data_ok:
-            rewritten = request.with_auth(self.replacement_name, self.replacement_data)
-            if self.rewrite_byte_order:
-                new_order = _NOT_LOCAL.get(rewritten.byte_order, rewritten.byte_order)
-                rewritten = attrs.evolve(rewritten, byte_order=new_order)
-            return Accept(rewritten.encode() + bytes(data[request.size :]))
-        if not request.auth_name and not request.auth_data:
-            return self._reject(_NO_AUTH, request.byte_order)
-        if not name_ok:
-            expected = _show_name(self.expected_name)
-            shown = _show_name(request.auth_name)
-            return self._reject(
-                f"{_REASON_PREFIX}unsupported authorization protocol {shown} "
-                f"(only {expected} is accepted)",
-                request.byte_order,
-            )
-        return self._reject(_WRONG_COOKIE, request.byte_order)
-
-    @staticmethod
-    def _reject(reason: str, byte_order: int) -> Reject:
-        return Reject(reason, failed_reply(reason, byte_order))

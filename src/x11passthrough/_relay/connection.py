@@ -1,0 +1,377 @@
+"""
+One client connection: its setup phase, its connection to the display, and its two flows.
+
+Strictly private. A connection reports to its server through :class:`ConnectionOwner` and
+shares the relay's :class:`~x11passthrough._relay.stats.DataPath`, so the server, the
+connection and the flows form a line, not a circle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import time
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .._x11.gate import Accept, Reject
+from .._x11.wire import failed_reply
+from .flows import HAVE_SPLICE, MAX_SPLICE_PIPES, PIPE_SIZE, CopyFlow, Flow, SpliceFlow
+from .options import SetupFilter
+from .sockets import TCP_FAMILIES, close_socket, describe_error, open_pipe, upstream_address
+from .stats import DataPath
+
+
+if TYPE_CHECKING:
+    from .._display._endpoint import Endpoint
+
+
+logger = logging.getLogger("x11passthrough")
+
+#: Longest connection-setup message a setup filter is shown (a real one is at most ~128 KiB).
+MAX_SETUP_BYTES = 256 * 1024
+#: How long a refused client is given to read its "Failed" reply before the socket is closed.
+REFUSAL_LINGER = 1.0
+#: How long to wait for a client's first byte (its byte order) when the display is unreachable.
+FIRST_BYTE_WAIT = 0.5
+#: Pause between attempts to connect to a UNIX socket whose listener's backlog is full.
+UNIX_CONNECT_RETRY = 0.01
+#: Send buffer requested for UNIX connections to the display.
+UPSTREAM_SNDBUF = 1024 * 1024
+
+_FILTER_FAILED = "x11passthrough: internal error while checking the connection setup"
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs from the server that accepted it."""
+
+    @property
+    def serving(self) -> bool:
+        """True until the server stops."""
+
+    def connection_closed(self, connection: Connection) -> None:
+        """Forget `connection`, which closed."""
+
+
+class Refusal(Exception):  # noqa: N818 - internal control flow, not an error to callers
+    """Raised inside the setup phase to refuse a client with a "Failed" reply."""
+
+    def __init__(self, reason: str, *, reply: bytes | None = None, error: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reply = reply
+        self.error = error
+
+
+class Connection:
+    """One client connection: its setup, its upstream connection and its two flows."""
+
+    __slots__ = (
+        "_owner",
+        "_path",
+        "_target",
+        "client",
+        "closed",
+        "flows",
+        "forwarded",
+        "loop",
+        "number",
+        "peer",
+        "received",
+        "started",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        owner: ConnectionOwner,
+        path: DataPath,
+        loop: asyncio.AbstractEventLoop,
+        client: socket.socket,
+        *,
+        target: Endpoint,
+        peer: str,
+        number: int,
+    ) -> None:
+        self._owner = owner
+        self._path = path
+        self._target = target
+        self.loop = loop
+        self.client = client
+        self.peer = peer
+        self.number = number
+        self.upstream: socket.socket | None = None
+        self.flows: tuple[Flow, ...] = ()
+        self.closed = False
+        self.received = b""
+        self.forwarded = 0
+        self.started = time.monotonic()
+
+    async def establish(self) -> None:
+        """Run the setup filter (if any), connect upstream and start relaying."""
+        owner = self._owner
+        setup_filter = self._path.options.setup_filter
+        forward = b""
+        if setup_filter is not None:
+            verdict = await self._negotiate(setup_filter)
+            if verdict is None:
+                return
+            forward = verdict
+        try:
+            upstream = await self._connect()
+        except (OSError, asyncio.TimeoutError) as exc:
+            if not owner.serving:  # a cancellation that wait_for turned into a timeout
+                raise asyncio.CancelledError from exc
+            await self._unreachable(exc)
+            return
+        if not owner.serving:  # stop() ran while the last await completed
+            close_socket(upstream)
+            raise asyncio.CancelledError
+        self.upstream = upstream
+        if forward:
+            try:
+                await self.loop.sock_sendall(upstream, forward)
+            except OSError as exc:
+                self.fail(f"X display connection failed: {describe_error(exc, 0)}")
+                return
+            self._path.counters.bytes_up += len(forward)
+            self.forwarded = len(forward)
+        self.received = b""
+        self._start_flows(upstream)
+
+    async def _negotiate(self, setup_filter: SetupFilter) -> bytes | None:
+        """Collect the client's setup until the filter decides; return what to forward."""
+        received = bytearray()
+        try:
+            forward = await self._collect(setup_filter, received)
+        except Refusal as refusal:
+            counters = self._path.counters
+            if refusal.error:
+                counters.errors += 1
+            else:
+                counters.rejected += 1
+            await self._refuse(refusal.reason, bytes(received), reply=refusal.reply)
+            return None
+        except OSError as exc:
+            self.fail(f"client connection failed during setup: {describe_error(exc, 0)}")
+            return None
+        except EOFError:
+            self.close("the client closed the connection during setup")
+            return None
+        self.received = bytes(received)
+        return forward
+
+    async def _collect(self, setup_filter: SetupFilter, received: bytearray) -> bytes:
+        """
+        Read into `received` until `setup_filter` accepts; return the bytes to forward.
+
+        Raises:
+            Refusal: The filter rejected or failed, or the client was too slow or too long.
+            EOFError: The client closed its connection.
+            OSError: The client connection failed.
+        """
+        timeout = self._path.options.setup_timeout
+        deadline = self.loop.time() + timeout
+        while True:
+            if not self._owner.serving:
+                # Python 3.11's wait_for can turn a cancellation into a timeout; stop() has
+                # already changed the state, so end here rather than wait out the deadline.
+                raise asyncio.CancelledError
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                raise Refusal(
+                    "x11passthrough: the client did not complete its connection setup "
+                    f"within {timeout:g} s"
+                )
+            try:
+                chunk = await asyncio.wait_for(self.loop.sock_recv(self.client, 65536), remaining)
+            except asyncio.TimeoutError:
+                continue
+            if not chunk:
+                raise EOFError
+            received += chunk
+            if len(received) > MAX_SETUP_BYTES:
+                raise Refusal("x11passthrough: the connection setup message is too long")
+            try:
+                verdict = setup_filter(bytes(received))
+            except Exception as exc:
+                logger.exception("the relay's setup filter failed")
+                raise Refusal(_FILTER_FAILED, error=True) from exc
+            if isinstance(verdict, Accept):
+                return verdict.forward
+            if isinstance(verdict, Reject):
+                raise Refusal(verdict.reason, reply=verdict.reply)
+            if verdict is not None:
+                logger.error("the relay's setup filter returned %r, not a verdict", verdict)
+                raise Refusal(_FILTER_FAILED, error=True)
+
+    async def _connect(self) -> socket.socket:
+        """Open a non-blocking connection to the display within ``connect_timeout``."""
+        timeout = self._path.options.connect_timeout
+        address = upstream_address(self._target)
+        if isinstance(address, str):
+            return await self._connect_one(socket.AF_UNIX, 0, address, timeout)
+        host, port = address
+        infos = await asyncio.wait_for(
+            self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
+        )
+        last: BaseException = OSError(errno.EHOSTUNREACH, "no address")
+        for family, _, proto, _, resolved in infos:
+            try:
+                sock = await self._connect_one(family, proto, resolved, timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                last = exc
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        raise last
+
+    async def _connect_one(
+        self, family: int, proto: int, address: str | tuple[Any, ...], timeout: float
+    ) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        self.upstream = sock
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_UNIX:
+                # The sender's buffer limits a UNIX stream: a larger one means fewer wake-ups
+                # of the X server per large request. The kernel caps it at net.core.wmem_max.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UPSTREAM_SNDBUF)
+            if family == socket.AF_UNIX:
+                await self._connect_unix(sock, address, timeout)
+            else:
+                await asyncio.wait_for(self.loop.sock_connect(sock, address), timeout)
+        except BaseException:
+            self.upstream = None
+            sock.close()
+            raise
+        self.upstream = None
+        return sock
+
+    async def _connect_unix(
+        self, sock: socket.socket, address: str | tuple[Any, ...], timeout: float
+    ) -> None:
+        """
+        Connect a non-blocking UNIX socket, retrying while the server's backlog is full.
+
+        A UNIX connect is never "in progress": it succeeds or fails at once, or fails with
+        EAGAIN when the listener's backlog is full (asyncio's sock_connect would then wait
+        for a writable socket and report success without a connection).
+        """
+        deadline = self.loop.time() + timeout
+        while True:
+            try:
+                sock.connect(address)
+            except BlockingIOError:
+                if self.loop.time() >= deadline:
+                    raise TimeoutError from None
+                await asyncio.sleep(UNIX_CONNECT_RETRY)
+            else:
+                return
+
+    async def _unreachable(self, exc: BaseException) -> None:
+        self._path.counters.errors += 1
+        reason = (
+            f"x11passthrough: cannot reach the X display at {self._target}: "
+            f"{describe_error(exc, self._path.options.connect_timeout)}"
+        )
+        logger.warning("%s (connection #%d from %s)", reason, self.number, self.peer)
+        received = self.received
+        if not received:
+            try:
+                received = await asyncio.wait_for(
+                    self.loop.sock_recv(self.client, 65536), FIRST_BYTE_WAIT
+                )
+            except (OSError, asyncio.TimeoutError):
+                received = b""
+        await self._refuse(reason, received)
+
+    async def _refuse(self, reason: str, received: bytes, *, reply: bytes | None = None) -> None:
+        """Answer the client with an X11 "Failed" reply (if it sent anything), then close."""
+        if self.closed:
+            return
+        if received and self._owner.serving:
+            if reply is None:
+                reply = failed_reply(reason, received[0])
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(self.loop.sock_sendall(self.client, reply), REFUSAL_LINGER)
+                self.client.shutdown(socket.SHUT_WR)
+                # Read what the client still sends until it closes, so the reply is not lost
+                # to a reset caused by unread data.
+                deadline = self.loop.time() + REFUSAL_LINGER
+                while self._owner.serving and (remaining := deadline - self.loop.time()) > 0:
+                    chunk = await asyncio.wait_for(
+                        self.loop.sock_recv(self.client, 65536), remaining
+                    )
+                    if not chunk:
+                        break
+        self.close(reason)
+
+    def _start_flows(self, upstream: socket.socket) -> None:
+        path = self._path
+        options = path.options
+        client = self.client
+        flows: list[Flow] = []
+        for src, dst, up in ((client, upstream, True), (upstream, client, False)):
+            pipe = None
+            if (
+                options.splice
+                and HAVE_SPLICE
+                and src.family in TCP_FAMILIES
+                and path.pipes_open < MAX_SPLICE_PIPES
+            ):
+                pipe = open_pipe(min(options.read_size, PIPE_SIZE))
+            if pipe is not None:
+                flows.append(SpliceFlow(self, path, self.loop, src, dst, pipe=pipe, up=up))
+            else:
+                flows.append(CopyFlow(self, path, self.loop, src, dst, up=up))
+        self.flows = tuple(flows)
+        for flow in flows:
+            flow.start()
+
+    def sent_eof(self, sock: socket.socket) -> bool:
+        """Tell whether `sock` (the client or the upstream socket) sent EOF."""
+        return any(flow.eof for flow in self.flows if flow.src is sock)
+
+    def flow_finished(self, flow: Flow) -> None:
+        """Close once both directions passed their end of stream on."""
+        if all(f.finished for f in self.flows):
+            self.close("both sides closed the connection")
+
+    def fail(self, reason: str) -> None:
+        """Close the connection and count it as an error."""
+        if not self.closed:
+            self._path.counters.errors += 1
+            self.close(reason)
+
+    def close(self, reason: str) -> None:
+        """Close both sockets now and log the connection's summary."""
+        if self.closed:
+            return
+        self.closed = True
+        for flow in self.flows:
+            flow.detach()
+        close_socket(self.client)
+        close_socket(self.upstream)
+        self._path.counters.open -= 1
+        self._owner.connection_closed(self)
+        if logger.isEnabledFor(logging.DEBUG):
+            up = down = 0
+            for flow in self.flows:
+                up += flow.sent if flow.up else 0
+                down += 0 if flow.up else flow.sent
+            logger.debug(
+                "relay connection #%d from %s to %s ended after %.3f s, %d bytes up, "
+                "%d bytes down: %s",
+                self.number,
+                self.peer,
+                self._target,
+                time.monotonic() - self.started,
+                up + self.forwarded,
+                down,
+                reason,
+            )

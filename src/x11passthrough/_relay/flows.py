@@ -1,0 +1,388 @@
+"""
+The data path: one direction of a relayed connection, copied or spliced.
+
+Strictly private. A flow moves bytes from `src` to `dst` with backpressure; it reports to its
+owner (the connection) through :class:`FlowOwner` and shares the relay's :class:`DataPath`,
+so it never reaches up into the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+
+from typing import Protocol
+
+from .sockets import describe_error
+from .stats import DataPath
+
+
+#: A read at least this large is bulk transfer: the relay's loop then sleeps at once instead
+#: of busy-polling, leaving the CPU to the programs that produce and consume the data.
+BULK_READ = 64 * 1024
+#: Size of a splice pipe (the kernel rounds it up to a power of two pages).
+PIPE_SIZE = 256 * 1024
+#: Most connections with a splice pipe at once: each pipe counts towards the per-user limit
+#: of pipe memory (``/proc/sys/fs/pipe-user-pages-soft``), which other programs share.
+MAX_SPLICE_PIPES = 64
+
+HAVE_SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+_SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if HAVE_SPLICE else 0
+_RETRY = (BlockingIOError, InterruptedError)
+
+
+class FlowOwner(Protocol):
+    """What a flow needs from the connection it belongs to."""
+
+    def flow_finished(self, flow: Flow) -> None:
+        """Both sides of `flow` are done: it passed the end of stream on."""
+
+    def sent_eof(self, sock: socket.socket) -> bool:
+        """Tell whether `sock` sent EOF."""
+
+    def close(self, reason: str) -> None:
+        """Close the connection normally."""
+
+    def fail(self, reason: str) -> None:
+        """Close the connection as failed."""
+
+
+class Flow:
+    """One direction of a relayed connection: bytes from `src` to `dst`."""
+
+    __slots__ = (
+        "_accounted",
+        "_activity",
+        "_conn",
+        "_counters",
+        "_dfd",
+        "_dst",
+        "_eof",
+        "_high",
+        "_loop",
+        "_low",
+        "_read_size",
+        "_reading",
+        "_sfd",
+        "_src",
+        "_writing",
+        "finished",
+        "pending",
+        "sent",
+        "up",
+    )
+
+    def __init__(
+        self,
+        owner: FlowOwner,
+        path: DataPath,
+        loop: asyncio.AbstractEventLoop,
+        src: socket.socket,
+        dst: socket.socket,
+        *,
+        up: bool,
+    ) -> None:
+        options = path.options
+        self._conn = owner
+        self._loop = loop
+        self._counters = path.counters
+        self._activity = path.activity
+        self._src = src
+        self._dst = dst
+        self._sfd = src.fileno()
+        self._dfd = dst.fileno()
+        self.up = up
+        self._high = options.high_water
+        self._low = options.low_water
+        self._read_size = options.read_size
+        self._reading = False
+        self._writing = False
+        self._eof = False
+        self._accounted = 0
+        self.finished = False
+        self.pending = 0
+        self.sent = 0
+
+    @property
+    def src_role(self) -> str:
+        return "client" if self.up else "X display"
+
+    @property
+    def dst_role(self) -> str:
+        return "X display" if self.up else "client"
+
+    def start(self) -> None:
+        self._reading = True
+        self._loop.add_reader(self._sfd, self._on_readable)
+
+    def detach(self) -> None:
+        """Unregister from the loop and forget the backlog (the connection is closing)."""
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._sfd)
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._dfd)
+        self.pending = 0
+        self._account()
+
+    def _count(self, sent: int) -> None:
+        self.sent += sent
+        if self.up:
+            self._counters.bytes_up += sent
+        else:
+            self._counters.bytes_down += sent
+
+    def _account(self) -> None:
+        delta = self.pending - self._accounted
+        if delta:
+            self._accounted = self.pending
+            counters = self._counters
+            counters.buffered += delta
+            counters.buffered_peak = max(counters.buffered_peak, counters.buffered)
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._sfd)
+
+    def _resume(self) -> None:
+        if not self._reading and not self._eof:
+            self._reading = True
+            self._loop.add_reader(self._sfd, self._on_readable)
+
+    def _want_write(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._dfd, self._on_writable)
+
+    def _drained(self) -> None:
+        """Call when the backlog became empty."""
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._dfd)
+        if self._eof:
+            self._finish()
+        else:
+            self._resume()
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        self._pause()
+        if not self.pending:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Pass the end of stream on: half-close `dst`, keep the other direction going."""
+        if self.finished:
+            return
+        self.finished = True
+        with contextlib.suppress(OSError):
+            self._dst.shutdown(socket.SHUT_WR)
+        self._conn.flow_finished(self)
+
+    def _failed(self, exc: OSError, role: str) -> None:
+        conn = self._conn
+        reason = f"{role} connection failed: {describe_error(exc, 0)}"
+        if role == self.dst_role and conn.sent_eof(self._dst):
+            # A peer that sent EOF and then closed (not just half-closed) refuses what is
+            # still on its way: it ended the connection, that is no error.
+            conn.close(f"the {role} closed the connection ({reason})")
+        else:
+            conn.fail(reason)
+
+    @property
+    def eof(self) -> bool:
+        """True once `src` sent EOF."""
+        return self._eof
+
+    @property
+    def src(self) -> socket.socket:
+        return self._src
+
+    def _on_readable(self) -> None:
+        raise NotImplementedError
+
+    def _on_writable(self) -> None:
+        raise NotImplementedError
+
+
+class CopyFlow(Flow):
+    """A direction that moves bytes through user space, copying only what `dst` refuses."""
+
+    __slots__ = ("_backlog", "_offset", "_scratch")
+
+    def __init__(
+        self,
+        owner: FlowOwner,
+        path: DataPath,
+        loop: asyncio.AbstractEventLoop,
+        src: socket.socket,
+        dst: socket.socket,
+        *,
+        up: bool,
+    ) -> None:
+        super().__init__(owner, path, loop, src, dst, up=up)
+        self._scratch = path.scratch
+        self._backlog = bytearray()
+        self._offset = 0
+
+    def _on_readable(self) -> None:
+        pending = self.pending
+        size = min(self._read_size, self._high - pending) if pending else self._read_size
+        scratch = self._scratch
+        try:
+            n = self._src.recv_into(scratch, size)
+        except _RETRY:
+            return
+        except OSError as exc:
+            self._failed(exc, self.src_role)
+            return
+        if not n:
+            self._on_eof()
+            return
+        if n >= BULK_READ:
+            self._activity.bulk = True
+        if pending:
+            self._backlog += scratch[:n]
+            self.pending = pending + n
+        else:
+            try:
+                sent = self._dst.send(scratch[:n])
+            except _RETRY:
+                sent = 0
+            except OSError as exc:
+                self._failed(exc, self.dst_role)
+                return
+            self._count(sent)
+            if sent == n:
+                return
+            self._backlog += scratch[sent:n]
+            self.pending = n - sent
+            self._want_write()
+        self._account()
+        if self.pending >= self._high:
+            self._pause()
+
+    def _on_writable(self) -> None:
+        backlog = self._backlog
+        offset = self._offset
+        try:
+            with memoryview(backlog) as view:
+                sent = self._dst.send(view[offset:])
+        except _RETRY:
+            return
+        except OSError as exc:
+            self._failed(exc, self.dst_role)
+            return
+        self._count(sent)
+        self.pending -= sent
+        if not self.pending:
+            backlog.clear()
+            self._offset = 0
+            self._account()
+            self._drained()
+            return
+        offset += sent
+        if offset >= 65536 and offset * 2 >= len(backlog):
+            del backlog[:offset]
+            offset = 0
+        self._offset = offset
+        self._account()
+        if self.pending <= self._low:
+            self._resume()
+
+    def detach(self) -> None:
+        super().detach()
+        self._backlog = bytearray()
+
+
+class SpliceFlow(Flow):
+    """A direction that moves bytes with ``os.splice`` through a pipe, never into user space."""
+
+    __slots__ = ("_capacity", "_path", "_pipe_r", "_pipe_w")
+
+    def __init__(
+        self,
+        owner: FlowOwner,
+        path: DataPath,
+        loop: asyncio.AbstractEventLoop,
+        src: socket.socket,
+        dst: socket.socket,
+        *,
+        pipe: tuple[int, int],
+        up: bool,
+    ) -> None:
+        super().__init__(owner, path, loop, src, dst, up=up)
+        self._pipe_r, self._pipe_w = pipe
+        self._path = path
+        path.pipes_open += 1
+        capacity = fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ)
+        self._capacity = min(capacity, self._high)
+
+    def _on_readable(self) -> None:
+        pending = self.pending
+        room = min(self._read_size, self._capacity - pending)
+        try:
+            n = os.splice(self._sfd, self._pipe_w, room, flags=_SPLICE_FLAGS)
+        except _RETRY:
+            if pending:
+                # The pipe ran out of slots (it counts buffers, not bytes): wait for `dst`.
+                self._pause()
+            return
+        except OSError as exc:
+            self._failed(exc, self.src_role)
+            return
+        if not n:
+            self._on_eof()
+            return
+        if n >= BULK_READ:
+            self._activity.bulk = True
+        pending += n
+        if not self._writing:
+            try:
+                sent = os.splice(self._pipe_r, self._dfd, pending, flags=_SPLICE_FLAGS)
+            except _RETRY:
+                sent = 0
+            except OSError as exc:
+                self._failed(exc, self.dst_role)
+                return
+            self._count(sent)
+            pending -= sent
+            self.pending = pending
+            if not pending:
+                if self._accounted:
+                    self._account()
+                return
+            self._want_write()
+        self.pending = pending
+        self._account()
+        if pending >= self._capacity:
+            self._pause()
+
+    def _on_writable(self) -> None:
+        try:
+            sent = os.splice(self._pipe_r, self._dfd, self.pending, flags=_SPLICE_FLAGS)
+        except _RETRY:
+            return
+        except OSError as exc:
+            self._failed(exc, self.dst_role)
+            return
+        self._count(sent)
+        self.pending -= sent
+        self._account()
+        if not self.pending:
+            self._drained()
+        elif self.pending <= self._low:
+            self._resume()
+
+    def detach(self) -> None:
+        super().detach()
+        if self._pipe_r >= 0:
+            os.close(self._pipe_r)
+            os.close(self._pipe_w)
+            self._pipe_r = self._pipe_w = -1
+            self._path.pipes_open -= 1

@@ -1,0 +1,108 @@
+"""
+The relay's options: one frozen value, validated once, shared by Relay and RelayThread.
+
+Strictly private.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .. import _validate
+from ..exceptions import ConfigurationError
+
+
+if TYPE_CHECKING:
+    from .._x11.gate import Accept, Reject
+
+
+#: A setup filter: called with every byte a client sent so far, returns ``None`` for "need
+#: more bytes", :class:`~x11passthrough._x11.gate.Accept` or ``Reject``.
+SetupFilter = Callable[[bytes], "Accept | Reject | None"]
+
+DEFAULT_READ_SIZE = 1024 * 1024
+DEFAULT_HIGH_WATER = 1024 * 1024
+DEFAULT_LOW_WATER = 256 * 1024
+DEFAULT_BUSY_POLL = 50e-6
+
+
+def _setup_timeout(value: object) -> float:
+    return _validate.seconds(value, name="setup_timeout")
+
+
+def _connect_timeout(value: object) -> float:
+    return _validate.seconds(value, name="connect_timeout")
+
+
+def _high_water(value: object) -> int:
+    return _validate.count(value, name="high_water")
+
+
+def _read_size(value: object) -> int:
+    return _validate.count(value, name="read_size")
+
+
+def _allow(value: object) -> tuple[_validate.IPNetwork, ...] | None:
+    return None if value is None else _validate.networks(value)
+
+
+def _busy_poll(value: object) -> float:
+    return _validate.seconds(value, name="busy_poll", allow_zero=True)
+
+
+@attrs.frozen(kw_only=True)
+class RelayOptions:
+    """
+    How a relay treats its connections. Strictly private.
+
+    Attributes:
+        setup_filter: Called with all bytes a client sent so far until it returns non-None:
+            ``None`` asks for more bytes, ``Accept`` forwards its ``forward`` instead of them
+            and relays unchanged from then on, ``Reject`` sends its ``reply`` to the client
+            and closes. With a filter, nothing is forwarded and the display is not contacted
+            before Accept. None relays every client unchanged.
+        setup_timeout: Seconds a client has to satisfy the setup filter before it is dropped.
+        connect_timeout: Seconds to wait for the display to accept a connection.
+        high_water: Backlog in bytes (per connection and direction) at which the relay stops
+            reading from the sender; the backlog never exceeds it.
+        low_water: Backlog in bytes at which it reads again.
+        read_size: Largest read, in bytes (one buffer of this size is shared by all
+            connections). Large reads let one read drain the X server's socket while the
+            server refills it.
+        splice: On Linux, move the bytes that arrive on TCP sockets with ``os.splice``
+            through a pipe, so they never enter user space. False always copies.
+        allow: Client networks to accept TCP connections from; anyone else is refused at
+            once, before a byte is forwarded or the display contacted. None accepts every
+            client.
+        busy_poll: Seconds a relay that owns its event loop keeps polling after small
+            exchanges before it sleeps; 0 disables it. This trades some CPU while clients
+            are busy for less than half the added round-trip latency; an idle relay uses none.
+
+    Raises:
+        ConfigurationError: An option is out of range.
+    """
+
+    setup_filter: SetupFilter | None = attrs.field(default=None, eq=False)
+    setup_timeout: float = attrs.field(default=10.0, converter=_setup_timeout)
+    connect_timeout: float = attrs.field(default=5.0, converter=_connect_timeout)
+    high_water: int = attrs.field(default=DEFAULT_HIGH_WATER, converter=_high_water)
+    low_water: int = attrs.field(default=DEFAULT_LOW_WATER)
+    read_size: int = attrs.field(default=DEFAULT_READ_SIZE, converter=_read_size)
+    splice: bool = True
+    allow: tuple[_validate.IPNetwork, ...] | None = attrs.field(default=None, converter=_allow)
+    busy_poll: float = attrs.field(default=DEFAULT_BUSY_POLL, converter=_busy_poll)
+
+    @low_water.validator
+    def _check_low_water(self, _attribute: object, value: object) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value < self.high_water
+        ):
+            raise ConfigurationError(
+                f"low_water={value!r} must be a whole number of at least 0 and below "
+                f"high_water ({self.high_water!r})"
+            )

@@ -1,0 +1,271 @@
+"""
+The relay server: accept connections on listening sockets and hand each to a Connection.
+
+Strictly private.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from collections.abc import Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal
+
+from ..exceptions import RelayError
+from .connection import Connection
+from .options import RelayOptions
+from .sockets import (
+    TCP_FAMILIES,
+    allowed,
+    check_listener,
+    describe_address,
+    describe_error,
+    local_name,
+)
+from .stats import DataPath, RelayStats
+
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from .._display._endpoint import Endpoint
+
+
+logger = logging.getLogger("x11passthrough")
+
+#: Connections accepted per wake-up of a listener; the rest wait for the next loop iteration.
+ACCEPT_BATCH = 64
+#: Pause of a listener after the process ran out of file descriptors.
+ACCEPT_BACKOFF = 0.1
+_RETRY = (BlockingIOError, InterruptedError)
+
+
+class Relay:
+    """
+    Forward connections from listening sockets to an X display, in the running event loop.
+
+    Each accepted client gets its own new connection to `upstream`; bytes flow both ways
+    unchanged (after the optional setup filter), with ``TCP_NODELAY`` on every TCP socket,
+    half-close passed through and backpressure in both directions. When the display cannot be
+    reached, the client receives an X11 "Failed" setup reply naming the reason, and the relay
+    keeps serving.
+
+    Use it from a coroutine: ``async with Relay(...) as relay:``, or ``await relay.start()`` and
+    ``await relay.stop()``. Synchronous code uses :class:`RelayThread`.
+
+    Args:
+        listeners: Bound, listening stream sockets (any family). Once the relay is
+            constructed it owns them, and :meth:`stop` closes them.
+        upstream: Where the X display listens.
+        options: How connections are treated (setup filter, timeouts, buffers, allowlist).
+
+    Raises:
+        RelayError: `listeners` is not a list of sockets.
+    """
+
+    def __init__(
+        self,
+        listeners: Iterable[socket.socket],
+        upstream: Endpoint,
+        options: RelayOptions | None = None,
+    ) -> None:
+        if isinstance(listeners, (str, bytes, socket.socket)):
+            raise RelayError(
+                f"listeners must be a list of listening sockets, not {listeners!r}; "
+                "pass [sock] for a single one"
+            )
+        self.listeners = tuple(listeners)
+        for listener in self.listeners:
+            if not isinstance(listener, socket.socket):
+                raise RelayError(f"a relay listener must be a socket.socket, not {listener!r}")
+        self.upstream = upstream
+        self.options = options or RelayOptions()
+        self.path = DataPath(self.options)
+        self.connections: set[Connection] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._state: Literal["new", "serving", "stopped"] = "new"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused: set[socket.socket] = set()
+
+    def __repr__(self) -> str:
+        return f"<Relay {self._state} -> {self.upstream}>"
+
+    @property
+    def stats(self) -> RelayStats:
+        """A snapshot of the relay's counters."""
+        return self.path.counters.snapshot()
+
+    @property
+    def serving(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._state == "serving"
+
+    async def start(self) -> None:
+        """
+        Start accepting connections in the running event loop.
+
+        Calling it again while serving does nothing.
+
+        Raises:
+            RelayError: A listener is not a listening socket, the relay was stopped, or the
+                running loop cannot watch sockets (it has no ``add_reader``).
+        """
+        if self._state == "serving":
+            return
+        if self._state == "stopped":
+            raise RelayError("this relay was stopped and cannot start again; create a new one")
+        loop = asyncio.get_running_loop()
+        listeners = [check_listener(listener) for listener in self.listeners]
+        if not listeners:
+            raise RelayError("a relay needs at least one listening socket")
+        self.loop = loop
+        self.path.scratch = memoryview(bytearray(self.options.read_size))
+        added: list[socket.socket] = []
+        try:
+            for listener in listeners:
+                listener.setblocking(False)
+                loop.add_reader(listener.fileno(), self._on_acceptable, loop, listener)
+                added.append(listener)
+        except NotImplementedError as exc:
+            for listener in added:
+                loop.remove_reader(listener.fileno())
+            raise RelayError(
+                f"the running event loop ({type(loop).__name__}) cannot watch sockets; "
+                "use a selector event loop or RelayThread"
+            ) from exc
+        self._state = "serving"
+        logger.debug(
+            "relay serving %s -> %s",
+            ", ".join(str(local_name(s)) for s in listeners),
+            self.upstream,
+        )
+
+    async def stop(self) -> None:
+        """
+        Close every connection and every listening socket.
+
+        Calling it again does nothing; a relay that never started just closes its listeners.
+        """
+        if self._state == "stopped":
+            return
+        loop = self.loop if self._state == "serving" else None
+        self._state = "stopped"
+        if loop is not None:
+            for listener in self.listeners:
+                if listener.fileno() >= 0 and listener not in self._paused:
+                    loop.remove_reader(listener.fileno())
+        self._paused.clear()
+        self.close_listeners()
+        # Connections in their setup phase end when their task is cancelled; the tasks must
+        # end before their sockets close, so that no pending socket operation outlives its fd.
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in list(self.connections):
+            conn.close("the relay stopped")
+        if loop is not None:
+            logger.debug("relay to %s stopped: %s", self.upstream, self.stats)
+
+    def close_listeners(self) -> None:
+        """Close every listening socket (also when the relay never started)."""
+        for listener in self.listeners:
+            listener.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _on_acceptable(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client, address = listener.accept()
+            except _RETRY:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                self.path.counters.errors += 1
+                logger.warning(
+                    "relay cannot accept a connection on %s: %s; retrying in %g s",
+                    local_name(listener),
+                    describe_error(exc, 0),
+                    ACCEPT_BACKOFF,
+                )
+                self._pause_listener(loop, listener)
+                return
+            self._admit(loop, client, address)
+
+    def _pause_listener(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
+        """Stop accepting on `listener` for a moment (the process is out of descriptors)."""
+        loop.remove_reader(listener.fileno())
+        self._paused.add(listener)
+
+        def resume() -> None:
+            if self._state == "serving" and listener in self._paused:
+                self._paused.discard(listener)
+                loop.add_reader(listener.fileno(), self._on_acceptable, loop, listener)
+
+        loop.call_later(ACCEPT_BACKOFF, resume)
+
+    def _admit(
+        self, loop: asyncio.AbstractEventLoop, client: socket.socket, address: object
+    ) -> None:
+        allow = self.options.allow
+        if allow is not None and not allowed(client, address, allow):
+            self.path.counters.rejected += 1
+            logger.info("relay refused %s: not in the allowed client networks", address)
+            client.close()
+            return
+        try:
+            client.setblocking(False)
+            if client.family in TCP_FAMILIES:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            # The client is already gone (reset before we looked at it).
+            self.path.counters.errors += 1
+            client.close()
+            return
+        counters = self.path.counters
+        counters.open += 1
+        counters.total += 1
+        peer = describe_address(client, address)
+        conn = Connection(
+            self,
+            self.path,
+            loop,
+            client,
+            target=self.upstream,
+            peer=peer,
+            number=counters.total,
+        )
+        self.connections.add(conn)
+        task = loop.create_task(self._run(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def connection_closed(self, connection: Connection) -> None:
+        """Forget a connection that closed."""
+        self.connections.discard(connection)
+
+    async def _run(self, conn: Connection) -> None:
+        try:
+            await conn.establish()
+        except asyncio.CancelledError:
+            conn.close("the relay stopped")
+            raise
+        except Exception as exc:  # pragma: no cover - a bug; keep serving the others
+            logger.exception("relay connection #%d failed unexpectedly", conn.number)
+            conn.fail(f"internal error: {exc!r}")

@@ -1,0 +1,100 @@
+"""
+The relay's counters, the snapshot users see, and the state its data path shares.
+
+Strictly private: import :class:`RelayStats` from :mod:`x11passthrough`.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .options import RelayOptions
+
+
+@attrs.frozen(kw_only=True)
+class RelayStats:
+    """
+    A snapshot of a passthrough's relay counters: :attr:`X11Passthrough.stats`.
+
+    Attributes:
+        connections_open: Client connections currently open (in setup or relaying).
+        connections_total: Client connections accepted since the relay started.
+        bytes_up: Bytes forwarded from clients to the X display.
+        bytes_down: Bytes forwarded from the X display to clients.
+        errors: Connections that ended abnormally: the display was unreachable, a socket
+            failed or was reset, or the setup filter raised; plus failed ``accept`` calls.
+        rejected: Connections refused before anything was forwarded: the client's address is
+            not in ``allow``, the setup filter rejected them, or the client did not finish its
+            setup within ``setup_timeout``.
+        bytes_buffered: Bytes read from one side and not yet written to the other, now.
+        bytes_buffered_peak: The highest ``bytes_buffered`` seen.
+
+    .. versionadded:: 0.1.0
+    """
+
+    connections_open: int = 0
+    connections_total: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    errors: int = 0
+    rejected: int = 0
+    bytes_buffered: int = 0
+    bytes_buffered_peak: int = 0
+
+
+class Activity:
+    """What the last burst of events did; read by the busy-poll selector."""
+
+    __slots__ = ("bulk",)
+
+    def __init__(self) -> None:
+        self.bulk = False
+
+
+class Counters:
+    """The mutable counters behind :class:`RelayStats` (updated on the event loop only)."""
+
+    __slots__ = (
+        "buffered",
+        "buffered_peak",
+        "bytes_down",
+        "bytes_up",
+        "errors",
+        "open",
+        "rejected",
+        "total",
+    )
+
+    def __init__(self) -> None:
+        self.open = self.total = self.errors = self.rejected = 0
+        self.bytes_up = self.bytes_down = self.buffered = self.buffered_peak = 0
+
+    def snapshot(self) -> RelayStats:
+        return RelayStats(
+            connections_open=self.open,
+            connections_total=self.total,
+            bytes_up=self.bytes_up,
+            bytes_down=self.bytes_down,
+            errors=self.errors,
+            rejected=self.rejected,
+            bytes_buffered=self.buffered,
+            bytes_buffered_peak=self.buffered_peak,
+        )
+
+
+class DataPath:
+    """
+    What every connection of one relay shares: options, counters, the read buffer, pipes.
+
+    Flows and connections get this instead of the relay itself, so nothing below the server
+    reaches up into it. Strictly private; used on the relay's event loop only.
+    """
+
+    __slots__ = ("activity", "counters", "options", "pipes_open", "scratch")
+
+    def __init__(self, options: RelayOptions) -> None:
+        self.options = options
+        self.counters = Counters()
+        self.activity = Activity()
+        self.pipes_open = 0
+        self.scratch = memoryview(b"")
