@@ -38,41 +38,8 @@ what a path costs when nothing else gets in the way.
 
 Needs Xvfb, xauth, x11perf and socat on PATH. Exits 2 if one is missing.
 
-A run with ``--variants`` on a 2-core Debian 12 virtual machine (Python 3.11)::
-
-    path                    GetProperty     GetImage 500x500     PutImage 500x500   cpu
-    -----------------------------------------------------------------------------------
-    direct-unix       0.0549 ms   0.81x    0.2835 ms   0.75x    0.1953 ms   0.65x     -
-    direct-tcp        0.0679 ms   1.00x    0.3777 ms   1.00x    0.3019 ms   1.00x     -
-    socat            15.3285 ms 225.75x   16.8776 ms  44.69x    1.4563 ms   4.82x   11%
-    socat-nodelay     0.1034 ms   1.52x    1.5966 ms   4.23x    1.5052 ms   4.99x   65%
-    relay             0.0518 ms   0.76x    0.4326 ms   1.15x    0.2762 ms   0.91x   82%
-    relay-copy        0.0495 ms   0.73x    0.4371 ms   1.16x    0.4633 ms   1.53x   87%
-    relay-nopoll      0.1157 ms   1.70x    0.4357 ms   1.15x    0.3276 ms   1.09x   54%
-
-A later run with the ``relay-substitute`` row (``--rounds 5``)::
-
-    path                       GetProperty     GetImage 500x500     PutImage 500x500   cpu
-    --------------------------------------------------------------------------------------
-    direct-unix          0.0569 ms   0.74x    0.3238 ms   0.78x    0.2103 ms   0.64x     -
-    direct-tcp           0.0770 ms   1.00x    0.4153 ms   1.00x    0.3263 ms   1.00x     -
-    socat               14.2325 ms 184.84x   15.7094 ms  37.83x    1.6218 ms   4.97x    2%
-    socat-nodelay        0.1100 ms   1.43x    1.7510 ms   4.22x    1.6258 ms   4.98x   65%
-    relay                0.0515 ms   0.67x    0.5206 ms   1.25x    0.2772 ms   0.85x   82%
-    relay-substitute     0.0604 ms   0.78x    0.4876 ms   1.17x    0.2930 ms   0.90x   81%
-
-    best run of each path (ratio to the best direct-tcp run):
-    direct-unix          0.0421 ms   0.61x    0.2670 ms   0.68x    0.2023 ms   0.65x
-    direct-tcp           0.0690 ms   1.00x    0.3911 ms   1.00x    0.3108 ms   1.00x
-    socat               14.2325 ms 206.27x   15.7094 ms  40.17x    1.6218 ms   5.22x
-    socat-nodelay        0.1041 ms   1.51x    1.5868 ms   4.06x    1.4713 ms   4.73x
-    relay                0.0509 ms   0.74x    0.4265 ms   1.09x    0.2563 ms   0.82x
-    relay-substitute     0.0521 ms   0.76x    0.3918 ms   1.00x    0.2550 ms   0.82x
-
-Across five full runs with the same code, the relay's median GetProperty was 0.67-0.82x,
-GetImage 1.15-1.57x and PutImage 0.83-0.98x (once 1.35x, while other jobs loaded the
-machine). Times vary by 10-30 % from run to run on a shared machine; the ratios within one
-run are what to compare.
+Results are printed (and written with ``--json``), never kept here: see docs/performance.md
+for a recorded run and how to read it.
 """
 
 from __future__ import annotations
@@ -107,12 +74,12 @@ LINE = re.compile(r"^\s*(\d+) reps @\s+([\d.]+) msec \(\s*([\d.]+)/sec\): (.*)$"
 
 X11PERF = ("x11perf", "-display")
 RELAY_SCRIPT = """
-import logging, socket, sys
+import json, logging, socket, sys
 from x11passthrough.display import Endpoint
 from x11passthrough._relay.options import RelayOptions
 from x11passthrough._relay.thread import RelayThread
 from x11passthrough._x11.gate import CookieGate
-port, path, options = int(sys.argv[1]), sys.argv[2], eval(sys.argv[3])
+port, path, options = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 if "gate" in options:
     fake, real = options.pop("gate")
     options["setup_filter"] = CookieGate(
@@ -227,7 +194,7 @@ def start_relay(port: int, unix_path: str, options: dict[str, object]) -> subpro
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
-        [sys.executable, "-c", RELAY_SCRIPT, str(port), unix_path, repr(options)],
+        [sys.executable, "-c", RELAY_SCRIPT, str(port), unix_path, json.dumps(options)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,

@@ -1,44 +1,26 @@
-"""Shared fixtures: private Xvfb servers with cookie auth (see support.py)."""
+"""Shared fixtures (infra/fixtures.py, infra/relay_peers.py) and stale-server cleanup."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import pytest
 
-from support import XServer, reap_stale_servers, start_xvfb
+from hypothesis import HealthCheck, settings
+
+from infra.ci import IN_CI
+from infra.xvfb import reap_stale_servers
 
 
-pytest_plugins = ["e2e_fixtures"]
+pytest_plugins = ["pytester", "infra.fixtures", "infra.relay_peers"]
+
+# A busy 2-core CI machine must not fail a property test for being slow: the properties are
+# about results, not time.
+settings.register_profile(
+    "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+if IN_CI:
+    settings.load_profile("ci")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Clean up servers that a killed earlier run left behind."""
     reap_stale_servers()
-
-
-@pytest.fixture(name="xvfb_factory")
-def _xvfb_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., XServer]]:
-    """Start any number of private Xvfb servers; all are stopped after the test."""
-    servers: list[XServer] = []
-
-    def start(*, tcp: bool = False, extra_args: tuple[str, ...] = ()) -> XServer:
-        server = start_xvfb(tmp_path_factory.mktemp("xvfb"), tcp=tcp, extra_args=extra_args)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture(name="xvfb")
-def _xvfb(xvfb_factory: Callable[..., XServer]) -> XServer:
-    """A private Xvfb with cookie auth, listening on its UNIX socket only."""
-    return xvfb_factory()
-
-
-@pytest.fixture(name="xvfb_tcp")
-def _xvfb_tcp(xvfb_factory: Callable[..., XServer]) -> XServer:
-    """A private Xvfb with cookie auth that also listens on TCP 6000+N."""
-    return xvfb_factory(tcp=True)

@@ -17,7 +17,7 @@ import pytest
 from x11passthrough.display import DisplayLocator, DisplayName, Endpoint
 from x11passthrough.exceptions import DisplayError, DisplayNameError, DisplayNotFoundError
 
-from support import XServer
+from infra.xvfb import XServer
 
 
 def setup_status(endpoint: Endpoint, cookie: bytes) -> int:

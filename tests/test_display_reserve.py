@@ -28,7 +28,8 @@ from x11passthrough.exceptions import (
     X11PassthroughError,
 )
 
-from support import XServer, require
+from infra.ci import require
+from infra.xvfb import XServer
 
 
 #: Display numbers the synthetic tests use: away from the Xvfb fixtures (which take the

@@ -18,24 +18,25 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from e2e_support import (
-    IMAGE_INPUTS_LABEL,
-    IMAGE_USER_UID,
+from infra.ci import require, require_executables
+from infra.docker import (
     START_DOCKERD,
-    NetNamespace,
-    Sshd,
-    build_x11_image,
-    collect_image_inputs,
     docker_gateway_address,
-    free_private_subnet,
-    missing_image_tools,
     run_container,
     start_dockerd,
     stop_dockerd,
-    tcp_listeners,
     write_client_xauthority,
 )
-from support import XServer, require, require_executables
+from infra.images import (
+    IMAGE_INPUTS_LABEL,
+    IMAGE_USER_UID,
+    build_x11_image,
+    collect_image_inputs,
+    missing_image_tools,
+)
+from infra.network import NetNamespace, free_private_subnet, tcp_listeners
+from infra.sshd import Sshd
+from infra.xvfb import XServer
 
 
 if TYPE_CHECKING:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 
 from pathlib import Path
 
-from support import STATE_DIR, XServer, reap_stale_servers, require_executables
+from infra.ci import require_executables
+from infra.processes import pid_alive, wait_until
+from infra.xvfb import STATE_DIR, XServer, reap_stale_servers
 
 
 def test_xvfb_answers_with_cookie_and_refuses_without(xvfb: XServer) -> None:
@@ -42,7 +42,7 @@ def test_killed_run_leaves_no_server_behind(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import sys, time; sys.path.insert(0, 'tests'); from pathlib import Path;"
-            "from support import start_xvfb;"
+            "from infra.xvfb import start_xvfb;"
             f"s = start_xvfb(Path({str(tmp_path)!r})); print(s.process.pid, flush=True);"
             "time.sleep(60)",
         ],
@@ -55,22 +55,8 @@ def test_killed_run_leaves_no_server_behind(tmp_path: Path) -> None:
     child.send_signal(signal.SIGKILL)
     child.wait()
     child.stdout.close()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(server_pid):
-        time.sleep(0.05)
+    # PR_SET_PDEATHSIG ends the server with its parent; reaping is the backstop.
+    wait_until(lambda: not pid_alive(server_pid), "the orphaned Xvfb to end", timeout=5)
     reap_stale_servers()
-    assert not _alive(server_pid)
+    assert not pid_alive(server_pid)
     assert not (STATE_DIR / f"{server_pid}.owner").exists()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return state != "Z"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from x11passthrough import DockerRunArgs, X11Passthrough
+from x11passthrough.display import DisplayLocator
 from x11passthrough.exceptions import (
     BindError,
     ConfigurationError,
@@ -29,8 +30,9 @@ from x11passthrough.exceptions import (
 )
 from x11passthrough.xauth import Xauthority
 
-from support import XServer, require_executables
-from support import client_env as support_env
+from infra.ci import require_executables
+from infra.xvfb import CountingForwarder, XServer
+from infra.xvfb import client_env as support_env
 
 
 HOSTNAME = socket.gethostname()
@@ -276,6 +278,17 @@ def test_untrusted_mode(xvfb: XServer) -> None:
     assert trusted.returncode == 0, trusted.stderr
     assert untrusted.returncode == 0, untrusted.stderr
     assert untrusted.stdout.count("opcode:") < trusted.stdout.count("opcode:")
+
+
+@pytest.mark.parametrize("auth", ["substitute", "untrusted", "forward"])
+def test_start_connects_to_the_display_once(xvfb: XServer, tmp_path: Path, auth: str) -> None:
+    """Locating, the cookie lookup and the SECURITY client share one connection at start."""
+    with CountingForwarder(xvfb, tmp_path) as forwarder:
+        locator = DisplayLocator(socket_dir=tmp_path, lock_dir=tmp_path, abstract_sockets=False)
+        with passthrough(xvfb, auth=auth, locator=locator) as args:
+            assert forwarder.accepted == 1
+            assert xdpyinfo(client_env(args)).returncode == 0
+            assert forwarder.accepted == 2
 
 
 def test_display_without_cookie_works_and_is_logged(

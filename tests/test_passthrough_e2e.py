@@ -14,8 +14,11 @@ import pytest
 from x11passthrough import DockerRunArgs, X11Passthrough
 from x11passthrough.xauth import Xauthority
 
-from e2e_support import ForwardedDisplay, NetNamespace, Sshd, run_container
-from support import XServer, require_executables
+from infra.ci import require_executables
+from infra.docker import run_container
+from infra.network import NetNamespace
+from infra.sshd import ForwardedDisplay, Sshd
+from infra.xvfb import XServer
 
 
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,8 @@ from x11passthrough._x11.wire import (
 from x11passthrough.exceptions import X11SetupError
 from x11passthrough.xauth import Xauthority
 
-from support import XServer, require_executables
+from infra.ci import require_executables
+from infra.xvfb import XServer
 
 
 RANGE = range(800, 900)

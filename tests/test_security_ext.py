@@ -13,7 +13,8 @@ from x11passthrough._x11.security import SecurityClient
 from x11passthrough.display import Endpoint
 from x11passthrough.exceptions import SecurityExtensionError
 
-from support import XServer, require_executables
+from infra.ci import require_executables
+from infra.xvfb import XServer
 
 
 COOKIE = b"MIT-MAGIC-COOKIE-1"

@@ -31,7 +31,8 @@ from x11passthrough._x11.wire import (
     parse_setup_reply,
 )
 
-from support import XServer, require_executables
+from infra.ci import require_executables
+from infra.xvfb import XServer
 
 
 TEST_REASON = "x11passthrough: test reason"

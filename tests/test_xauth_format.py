@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from x11passthrough.exceptions import XauthorityError
 from x11passthrough.xauth import MIT_MAGIC_COOKIE_1, Family, XauthEntry, Xauthority, default_path
 
+from infra.processes import run_forked
+
 
 COOKIE = bytes.fromhex("c0ffee00deadbeef0123456789abcdef")
 
@@ -453,27 +455,15 @@ def test_load_damaged_file_names_path_and_record(tmp_path: Path) -> None:
 
 def _load_error_as(path: Path, uid: int | None) -> str:
     """Load `path` in a forked child, as `uid` if given; return the XauthorityError text."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        os.close(read_end)
+
+    def load() -> str:
         try:
-            if uid is not None:
-                os.setgid(uid)
-                os.setuid(uid)
             Xauthority.load(path)
-            message = "loaded without error"
         except XauthorityError as exc:
-            message = str(exc)
-        except BaseException as exc:
-            message = f"unexpected {exc!r}"
-        os.write(write_end, message.encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        text = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return text
+            return str(exc)
+        return "loaded without error"
+
+    return run_forked(load, uid=uid)
 
 
 def test_load_unreadable_file_says_what_to_do() -> None:

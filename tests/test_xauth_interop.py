@@ -19,7 +19,7 @@ from x11passthrough.xauth import (
     peer_family_address,
 )
 
-from support import require_executables
+from infra.ci import require_executables
 
 
 MIT = MIT_MAGIC_COOKIE_1

@@ -23,7 +23,8 @@ from x11passthrough.xauth import (
     peer_family_address,
 )
 
-from support import XServer, require, require_executables
+from infra.ci import require, require_executables
+from infra.xvfb import XServer
 
 
 MIT = MIT_MAGIC_COOKIE_1

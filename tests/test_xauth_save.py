@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,8 @@ from x11passthrough.xauth import (
     xauthority_lock,
 )
 
-from support import require_executables
+from infra.ci import require_executables
+from infra.processes import run_forked, sleeping, wait_until
 
 
 def entry(number: str, tag: int = 1) -> XauthEntry:
@@ -49,25 +50,6 @@ def umask(mask: int) -> Iterator[None]:
         yield
     finally:
         os.umask(old)
-
-
-def run_forked(function: Callable[[], str]) -> str:
-    """Run `function` in a forked child (for process-wide limits); return its result text."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        os.close(read_end)
-        try:
-            message = function()
-        except BaseException as exc:
-            message = f"unexpected {exc!r}"
-        os.write(write_end, message.encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        text = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return text
 
 
 # Saving -------------------------------------------------------------------------------
@@ -250,7 +232,7 @@ def test_stale_lock_is_broken(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     os.link(creat, link)
     with pytest.raises(XauthorityLockError):
         AUTH.save(path, lock_retries=1, lock_dead=3600)
-    time.sleep(1.1)  # let the lock's ctime age past lock_dead
+    wait_until(lambda: time.time() - creat.stat().st_ctime > 1, "the lock to be 1 s old")
     caplog.set_level(logging.WARNING, logger="x11passthrough")
     AUTH.save(path, lock_retries=1, lock_dead=1)
     assert "breaking the Xauthority lock" in caplog.text
@@ -299,7 +281,8 @@ def test_xauth_waits_for_our_lock(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        time.sleep(0.5)  # give xauth ample time to run into the lock
+        # xauth sleeps only between lock attempts: asleep, it has found our lock held.
+        wait_until(lambda: sleeping(adder.pid), "xauth to wait for the lock", timeout=30)
         current.merge([entry("7", 7)]).save(path, lock=False)
     _, stderr = adder.communicate(timeout=60)
     assert adder.returncode == 0, stderr

@@ -19,6 +19,8 @@ from ._display._name import DisplayName
 from .exceptions import ConfigurationError
 
 
+#: How containers authenticate: see :class:`~x11passthrough.X11Passthrough` and the security
+#: page. ``"substitute"`` (default), ``"untrusted"`` or ``"forward"``.
 AuthMode = Literal["substitute", "untrusted", "forward"]
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"

@@ -22,7 +22,7 @@ import socket
 import warnings
 
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
 
 import attrs
@@ -48,7 +48,7 @@ from ._xauth.format import Family, XauthEntry, dump
 from .exceptions import DisplayError, X11PassthroughError
 
 
-log = logging.getLogger("x11passthrough")
+logger = logging.getLogger("x11passthrough")
 
 
 @attrs.frozen(kw_only=True)
@@ -123,8 +123,8 @@ class X11Passthrough:
         host_alias: str = "host.docker.internal",
         gateway: str = "host-gateway",
         bind: str | Sequence[str] | None = None,
-        allow: str | Sequence[str | IPNetwork] | None = None,
-        container_xauthority: str | PurePosixPath = DEFAULT_CONTAINER_XAUTHORITY,
+        allow: str | Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+        container_xauthority: str | os.PathLike[str] = DEFAULT_CONTAINER_XAUTHORITY,
         container_hostname: str | None = "x11passthrough",
         host_dir: str | os.PathLike[str] | None = None,
         display_range: range = range(50, 300),
@@ -179,7 +179,7 @@ class X11Passthrough:
     @property
     def stats(self) -> RelayStats:
         """
-        A snapshot of the relay's counters: now while it runs, else as it ended.
+        A snapshot of the relay's counters, now while it runs, else as it ended.
 
         .. versionadded:: 0.1.0
         """
@@ -225,7 +225,7 @@ class X11Passthrough:
         self._args = None
         if stack is not None:
             stack.close()
-            log.debug("passthrough closed")
+            logger.debug("passthrough closed")
         if relay is not None:
             self._last_stats = relay.stats
 
@@ -343,7 +343,7 @@ class X11Passthrough:
         if allow is None:
             allow = tuple(_netinfo.networks_for([str(a) for a in bind])) or None
             if allow is None:
-                log.warning(
+                logger.warning(
                     "no container network found to restrict relay clients to; any host that "
                     "reaches port %d may connect (the session cookie still guards it)",
                     6000 + number,
@@ -355,7 +355,7 @@ class X11Passthrough:
             extra_hosts={opts.host_alias: opts.gateway},
             hostname=opts.container_hostname,
         )
-        log.info(
+        logger.info(
             "passthrough %s -> %s on %s (auth %s)",
             args.display,
             endpoint,
@@ -379,7 +379,7 @@ class X11Passthrough:
         authority = Xauthority.load(self._options.xauthority)
         entry = authority.for_connection(connection.socket, connection.name.number)
         if entry is None:
-            log.info(
+            logger.info(
                 "no MIT-MAGIC-COOKIE-1 for display %s in the authority file; the X server must "
                 "accept clients without one (xhost, SI:localuser or no access control)",
                 connection.name,
@@ -406,7 +406,7 @@ class X11Passthrough:
             try:
                 client.revoke(cookie)
             except X11PassthroughError:
-                log.warning("could not revoke the untrusted cookie", exc_info=True)
+                logger.warning("could not revoke the untrusted cookie", exc_info=True)
 
         stack.callback(revoke)
         return cookie.data
@@ -415,7 +415,7 @@ class X11Passthrough:
         gateway = _netinfo.docker_gateway()
         if gateway is not None:
             return (ipaddress.IPv4Address(gateway),)
-        log.warning(
+        logger.warning(
             "this host has no docker0 interface; the relay listens on 0.0.0.0 so that "
             "containers in a VM (Docker Desktop) can reach it. Pass bind=... to narrow it."
         )

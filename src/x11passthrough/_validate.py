@@ -211,11 +211,12 @@ def container_path(value: object, *, name: str) -> PurePosixPath:
     Raises:
         ConfigurationError: The value is not an absolute path, or holds a separator.
     """
-    if not isinstance(value, (str, PurePosixPath)):
+    text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(text, str):
         raise ConfigurationError(
             f"{name}={value!r} must be an absolute path string, e.g. '/tmp/.x11passthrough.xauth'"
         )
-    path = PurePosixPath(value)
+    path = PurePosixPath(text)
     if not path.is_absolute():
         raise ConfigurationError(f"{name}={str(path)!r} must be an absolute path")
     _check_mountable(str(path), name)

@@ -16,6 +16,7 @@ import attrs
 from ..exceptions import DisplayError
 
 
+#: What an :class:`Endpoint` is: a filesystem UNIX socket, a Linux abstract socket, or TCP.
 EndpointKind = Literal["unix", "abstract", "tcp"]
 
 

@@ -158,7 +158,7 @@ class DisplayName:
             Socket-path displays have ``"unix"``.
         host: The host name or address without brackets, ``"unix"`` for ``unix:N``, or
             ``None`` when the value has no host (``:N``, ``unix/:N``, socket paths).
-        number: The display number, 0 to :data:`MAX_DISPLAY_NUMBER`.
+        number: The display number, 0 to :data:`~x11passthrough.display.MAX_DISPLAY_NUMBER`.
         screen: The screen number (0 when not given).
         path: For socket-path displays: the socket path without the ``.screen`` suffix;
             otherwise ``None``.

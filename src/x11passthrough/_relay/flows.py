@@ -64,6 +64,7 @@ class Flow:
         "_high",
         "_loop",
         "_low",
+        "_path",
         "_read_size",
         "_reading",
         "_sfd",
@@ -87,6 +88,7 @@ class Flow:
     ) -> None:
         options = path.options
         self._conn = owner
+        self._path = path
         self._loop = loop
         self._counters = path.counters
         self._activity = path.activity
@@ -213,27 +215,18 @@ class Flow:
 class CopyFlow(Flow):
     """A direction that moves bytes through user space, copying only what `dst` refuses."""
 
-    __slots__ = ("_backlog", "_offset", "_scratch")
+    __slots__ = ("_backlog", "_offset")
 
-    def __init__(
-        self,
-        owner: FlowOwner,
-        path: DataPath,
-        loop: asyncio.AbstractEventLoop,
-        src: socket.socket,
-        dst: socket.socket,
-        *,
-        up: bool,
-    ) -> None:
-        super().__init__(owner, path, loop, src, dst, up=up)
-        self._scratch = path.scratch
+    def start(self) -> None:
+        """Start with an empty backlog (its slots are set here: the constructor is Flow's)."""
         self._backlog = bytearray()
         self._offset = 0
+        super().start()
 
     def _on_readable(self) -> None:
         pending = self.pending
         size = min(self._read_size, self._high - pending) if pending else self._read_size
-        scratch = self._scratch
+        scratch = self._path.scratch
         try:
             n = self._src.recv_into(scratch, size)
         except _RETRY:
@@ -303,7 +296,7 @@ class CopyFlow(Flow):
 class SpliceFlow(Flow):
     """A direction that moves bytes with ``os.splice`` through a pipe, never into user space."""
 
-    __slots__ = ("_capacity", "_path", "_pipe_r", "_pipe_w")
+    __slots__ = ("_capacity", "_pipe_r", "_pipe_w")
 
     def __init__(
         self,
@@ -318,7 +311,6 @@ class SpliceFlow(Flow):
     ) -> None:
         super().__init__(owner, path, loop, src, dst, up=up)
         self._pipe_r, self._pipe_w = pipe
-        self._path = path
         path.pipes_open += 1
         capacity = fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ)
         self._capacity = min(capacity, self._high)

@@ -21,7 +21,7 @@ from .wire import MIT_MAGIC_COOKIE_1, hidden
 from .xlib import deadline, open_display
 
 
-log = logging.getLogger("x11passthrough")
+logger = logging.getLogger("x11passthrough")
 
 _T = TypeVar("_T")
 

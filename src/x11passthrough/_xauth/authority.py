@@ -22,7 +22,7 @@ from .format import XauthEntry, dump, name_bytes, number_bytes, parse
 from .match import best_entry, check_query, peer_family_address
 
 
-_LOG = logging.getLogger("x11passthrough")
+logger = logging.getLogger("x11passthrough")
 
 
 def default_path(*, environ: Mapping[str, str] | None = None) -> str:
@@ -157,13 +157,13 @@ class Xauthority(Sequence[XauthEntry]):
         """
         text = default_path() if path is None else path_text(path)
         if not text:
-            _LOG.debug("Xauthority path is empty (XAUTHORITY=''): no authority entries")
+            logger.debug("Xauthority path is empty (XAUTHORITY=''): no authority entries")
             return cls()
         try:
             with open(text, "rb") as file:
                 data = file.read()
         except FileNotFoundError:
-            _LOG.debug("Xauthority file %s does not exist: no authority entries", text)
+            logger.debug("Xauthority file %s does not exist: no authority entries", text)
             return cls()
         except PermissionError as exc:
             raise XauthorityError(
@@ -180,7 +180,7 @@ class Xauthority(Sequence[XauthEntry]):
             result = cls.loads(data)
         except XauthorityError as exc:
             raise XauthorityError(f"{text}: {exc}") from None
-        _LOG.debug("read %d Xauthority entries from %s", len(result), text)
+        logger.debug("read %d Xauthority entries from %s", len(result), text)
         return result
 
     def dumps(self) -> bytes:
@@ -237,7 +237,7 @@ class Xauthority(Sequence[XauthEntry]):
         else:
             with xauthority_lock(text, retries=lock_retries, wait=lock_wait, dead=lock_dead):
                 write_atomically(text, payload)
-        _LOG.debug("wrote %d Xauthority entries to %s", len(self), text)
+        logger.debug("wrote %d Xauthority entries to %s", len(self), text)
 
     @classmethod
     def update(

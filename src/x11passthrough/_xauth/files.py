@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from ..exceptions import XauthorityError, XauthorityLockError
 
 
-_LOG = logging.getLogger("x11passthrough")
+logger = logging.getLogger("x11passthrough")
 
 #: Default lock options, the ones xauth(1) uses: 10 tries, 2 s apart, stale after 600 s.
 LOCK_RETRIES = 10
@@ -66,7 +66,7 @@ def _break_stale_lock(creat_name: str, link_name: str, dead: float) -> None:
         raise XauthorityError(f"cannot check the lock file {creat_name}: {exc.strerror}") from exc
     age = time.time() - status.st_ctime
     if dead == 0 or age > dead:
-        _LOG.warning(
+        logger.warning(
             "breaking the Xauthority lock %s / %s (%.0f s old, limit %.0f s)",
             creat_name,
             link_name,
@@ -176,7 +176,7 @@ def _release(path: str) -> None:
         try:
             _remove_quietly(name)
         except OSError as exc:
-            _LOG.warning(
+            logger.warning(
                 "cannot remove the Xauthority lock file %s (%s); remove it by hand, or "
                 "other programs will wait for it",
                 name,
@@ -219,12 +219,12 @@ def xauthority_lock(
     text = path_text(path)
     _check_lock_options(text, retries, wait, dead)
     _acquire(text, retries, wait, dead)
-    _LOG.debug("locked Xauthority file %s", text)
+    logger.debug("locked Xauthority file %s", text)
     try:
         yield
     finally:
         _release(text)
-        _LOG.debug("unlocked Xauthority file %s", text)
+        logger.debug("unlocked Xauthority file %s", text)
 
 
 # Writing ---------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def _open_temporary(path: str, directory: str, base: str) -> tuple[str, int]:
         try:
             return temporary, os.open(temporary, flags, 0o600)
         except FileExistsError:
-            _LOG.warning(
+            logger.warning(
                 "temporary file name %s is already taken (by a file or symlink); trying "
                 "another name",
                 temporary,
@@ -262,13 +262,13 @@ def _fsync_directory(directory: str) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        _LOG.debug("cannot open %s to fsync it: %s", directory, exc.strerror)
+        logger.debug("cannot open %s to fsync it: %s", directory, exc.strerror)
         return
     try:
         os.fsync(fd)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            _LOG.warning("fsync of directory %s failed: %s", directory, exc.strerror)
+            logger.warning("fsync of directory %s failed: %s", directory, exc.strerror)
     finally:
         os.close(fd)
 

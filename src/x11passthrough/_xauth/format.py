@@ -54,7 +54,7 @@ class Family(enum.IntEnum):
     NETNAME = 254
     #: A local (UNIX socket or loopback) connection; the address is the host name.
     LOCAL = 256
-    #: Matches every address: the entry's address is ignored when matching.
+    #: Matches every address (the entry's address is ignored when matching).
     WILD = 65535
 
 

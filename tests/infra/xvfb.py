@@ -1,64 +1,29 @@
 """
-Test support: a private Xvfb with MIT-MAGIC-COOKIE-1 auth, and the CI skip policy.
+Private Xvfb servers with MIT-MAGIC-COOKIE-1 auth: every test's X server.
 
-Every test that needs an X server uses the ``xvfb`` fixtures (conftest.py), never the
-developer's own display. Tests that need a tool this machine lacks call :func:`require`, which
-skips on a user's machine but fails under ``CI=true``: CI must never skip them.
+Tests never use the developer's own display. A server started here dies with the test process
+(``PR_SET_PDEATHSIG``), and one left by a killed run is reaped at the next session's start.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from .ci import require_executables
+from .processes import pid_alive, set_pdeathsig, stop_process
 
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 STATE_DIR = Path("/tmp/x11passthrough-tests")
-
-
-def require(what: str, ok: bool, hint: str = "") -> None:
-    """Skip the test when `ok` is false, or fail it in CI, where nothing may be skipped."""
-    if ok:
-        return
-    message = f"needs {what}" + (f" ({hint})" if hint else "")
-    if IN_CI:
-        pytest.fail(f"CI must not skip: {message}", pytrace=False)
-    pytest.skip(message)
-
-
-def require_executables(*names: str) -> None:
-    """Require every named program on PATH."""
-    missing = [n for n in names if shutil.which(n) is None]
-    require(", ".join(missing), not missing, "install them, e.g. with .ci/run's apt line")
-
-
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child before exec
-    """Make the child die with its parent, so a killed test run leaves no X server behind."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reap_stale_servers() -> list[int]:
@@ -78,9 +43,9 @@ def reap_stale_servers() -> list[int]:
         except (OSError, ValueError):
             record.unlink(missing_ok=True)
             continue
-        if _pid_alive(owner) and owner != os.getpid():
+        if pid_alive(owner) and owner != os.getpid():
             continue
-        if _pid_alive(server):
+        if pid_alive(server):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(server, signal.SIGKILL)
             killed.append(server)
@@ -135,13 +100,7 @@ class XServer:
 
     def stop(self) -> None:
         """Stop the server and wait for it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, timeout=5)
         self.owner_record.unlink(missing_ok=True)
 
 
@@ -175,7 +134,7 @@ def start_xvfb(workdir: Path, *, tcp: bool = False, extra_args: tuple[str, ...] 
             pass_fds=(write_fd,),
             stdout=subprocess.DEVNULL,
             stderr=log,
-            preexec_fn=_set_pdeathsig,  # noqa: PLW1509 - only prctl, safe before exec
+            preexec_fn=set_pdeathsig,  # noqa: PLW1509 - only prctl, safe before exec
         )
     os.close(write_fd)
     STATE_DIR.mkdir(mode=0o700, exist_ok=True)
@@ -232,3 +191,65 @@ def _wait_answers(server: XServer) -> None:
                 time.sleep(0.01)
                 continue
         return
+
+
+class CountingForwarder:
+    """
+    A UNIX socket at ``directory/X<number>`` that forwards every connection to `server`.
+
+    It counts the connections made through it, so a test can tell how many times a program
+    connected to the X server. Use as a context manager.
+    """
+
+    def __init__(self, server: XServer, directory: Path) -> None:
+        self._server = server
+        self.path = directory / f"X{server.number}"
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.path))
+        self._listener.listen(64)
+        self.accepted = 0
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self._server.unix_path)
+            self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                thread = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Stop forwarding and join every thread."""
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._acceptor.join()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join()
+        for sock in self._sockets:
+            sock.close()
+
+    def __enter__(self) -> CountingForwarder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

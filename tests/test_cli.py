@@ -1,4 +1,4 @@
-"""The command line and the pytest plugin, run as a user would run them."""
+"""The command line, run as a user would run it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from x11passthrough import DockerRunArgs
 from x11passthrough._cli import splice
 from x11passthrough.exceptions import X11PassthroughError
 
-from support import XServer, require_executables
+from infra.ci import require_executables
+from infra.xvfb import XServer
 
 
 ARGS = DockerRunArgs(display="host.docker.internal:5", xauthority=None)
@@ -98,44 +99,3 @@ def test_cli_errors_are_short_and_actionable(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("x11passthrough: error: DISPLAY is not set")
     assert "Traceback" not in result.stderr
-
-
-PLUGIN_TEST = """
-def test_lent(x11passthrough):
-    assert x11passthrough.display.startswith("host.docker.internal:")
-    assert x11passthrough.xauthority.exists()
-
-def test_factory(x11passthrough_factory):
-    a = x11passthrough_factory()
-    b = x11passthrough_factory(auth="forward")
-    assert a.display != b.display
-"""
-
-
-def _pytest(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "test_lend.py").write_text(PLUGIN_TEST)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nx11passthrough_bind = 127.0.0.1\n")
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-
-
-def test_pytest_plugin_fixtures(xvfb: XServer, tmp_path: Path) -> None:
-    """The plugin's fixtures lend $DISPLAY; without one they skip, or fail when required."""
-    env = xvfb.env()
-    env.pop("CI", None)
-    lent = _pytest(tmp_path, env)
-    assert "2 passed" in lent.stdout, lent.stdout + lent.stderr
-    env.pop("DISPLAY")
-    skipped = _pytest(tmp_path, env)
-    assert "2 skipped" in skipped.stdout, skipped.stdout
-    required = _pytest(tmp_path, env, "--x11passthrough-required")
-    assert "passed" not in required.stdout, required.stdout
-    assert "skipped" not in required.stdout, required.stdout
-    assert "no DISPLAY is set" in required.stdout

@@ -1,19 +1,20 @@
 """
-Pytest fixtures for end-to-end tests: Docker, the X client image, network namespaces, sshd.
+The tests' pytest fixtures: private Xvfb servers, a Docker engine and its test image, network
+namespaces, and an sshd with X11 forwarding.
 
-Load with ``pytest_plugins = ["e2e_fixtures"]`` in the root conftest.py. Each fixture calls
-:func:`support.require` for what a developer's machine may lack (skipped there, a failure in
-CI). The helpers behind them are in ``e2e_support.py``.
+Each fixture calls :func:`infra.ci.require` for what a developer's machine may lack (skipped
+there, a failure in CI). Loaded as a plugin by conftest.py.
 
 Fixtures:
 
+- ``xvfb_factory``, ``xvfb``, ``xvfb_tcp``: private Xvfb servers with cookie auth.
 - ``docker_client`` (session): a ``docker.DockerClient``; starts dockerd with
   ``scripts/start-dockerd`` when running as root and no engine answers, and stops it at the end
   of the session only if it started it.
 - ``x11_image`` (session): the tag of the X client test image (built once, then cached).
 - ``docker_gateway`` (session): the host's IPv4 address on Docker's default bridge.
 - ``netns`` (function): a factory of network namespaces joined to the host by veth pairs.
-- ``sshd_x11`` (session): a private sshd with X11 forwarding (:class:`e2e_support.Sshd`).
+- ``sshd_x11`` (session): a private sshd with X11 forwarding (:class:`infra.sshd.Sshd`).
 """
 
 from __future__ import annotations
@@ -25,24 +26,19 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from e2e_support import (
-    SSHD,
+from .ci import E2ESetupError, require, require_executables
+from .docker import (
     START_DOCKERD,
-    E2ESetupError,
-    NetNamespace,
-    Sshd,
-    build_x11_image,
-    create_netns,
     docker_engine_answers,
     docker_gateway_address,
-    missing_image_tools,
-    reap_stale_netns,
     remove_stale_containers,
     start_dockerd,
-    start_sshd,
     stop_dockerd,
 )
-from support import require, require_executables
+from .images import build_x11_image, missing_image_tools
+from .network import NetNamespace, create_netns, reap_stale_netns
+from .sshd import SSHD, Sshd, start_sshd
+from .xvfb import XServer, start_xvfb
 
 
 if TYPE_CHECKING:
@@ -129,3 +125,30 @@ def _sshd_x11(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(name="xvfb_factory")
+def _xvfb_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., XServer]]:
+    """Start any number of private Xvfb servers; all are stopped after the test."""
+    servers: list[XServer] = []
+
+    def start(*, tcp: bool = False, extra_args: tuple[str, ...] = ()) -> XServer:
+        server = start_xvfb(tmp_path_factory.mktemp("xvfb"), tcp=tcp, extra_args=extra_args)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(name="xvfb")
+def _xvfb(xvfb_factory: Callable[..., XServer]) -> XServer:
+    """A private Xvfb with cookie auth, listening on its UNIX socket only."""
+    return xvfb_factory()
+
+
+@pytest.fixture(name="xvfb_tcp")
+def _xvfb_tcp(xvfb_factory: Callable[..., XServer]) -> XServer:
+    """A private Xvfb with cookie auth that also listens on TCP 6000+N."""
+    return xvfb_factory(tcp=True)

@@ -1,0 +1,121 @@
+"""The package as users get it: version, the public names, typing marker, and its layering."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.metadata
+import importlib.resources
+import inspect
+import warnings
+
+from pathlib import Path
+
+import pytest
+
+import x11passthrough
+
+
+SRC = Path(x11passthrough.__file__).parent
+PUBLIC_MODULES = ("x11passthrough", "x11passthrough.display", "x11passthrough.xauth")
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name."""
+    found = {}
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def internal_imports(name: str, path: Path) -> set[str]:
+    """The package's modules that `name` imports at run time (not under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            target = f"{base}.{node.module}" if node.module else base
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("x11passthrough"))
+    return found & set(modules())
+
+
+def test_version_matches_the_metadata_without_warnings() -> None:
+    """__version__ is the installed distribution's version, read without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        version = x11passthrough.__version__
+    assert version == importlib.metadata.version("x11passthrough")
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        x11passthrough.nope  # noqa: B018 - the attribute access is the test
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_names_exist_sorted_and_documented(name: str) -> None:
+    """Each public module's __all__ is sorted, and every name exists and has a docstring."""
+    module = importlib.import_module(name)
+    assert module.__all__ == sorted(module.__all__, key=lambda n: (not n.isupper(), n))
+    for public in module.__all__:
+        value = getattr(module, public)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert value.__doc__, f"{name}.{public} has no docstring"
+
+
+def test_the_front_door_is_small() -> None:
+    """The top level exports what users touch, and at most 8 names."""
+    assert x11passthrough.__all__ == [
+        "AuthMode",
+        "DockerRunArgs",
+        "RelayStats",
+        "X11Passthrough",
+        "X11PassthroughError",
+        "exceptions",
+    ]
+
+
+def test_py_typed_is_shipped() -> None:
+    """The typing marker is installed with the package."""
+    assert importlib.resources.files("x11passthrough").joinpath("py.typed").is_file()
+
+
+def test_no_import_cycle_and_nothing_below_imports_the_passthrough() -> None:
+    """Data flows one way: no module imports the passthrough but the edges that use it."""
+    graph = {name: internal_imports(name, path) for name, path in modules().items()}
+    edges = {"x11passthrough", "x11passthrough._cli", "x11passthrough.pytest_plugin"}
+    for name, imported in graph.items():
+        if "x11passthrough._passthrough" in imported:
+            assert name in edges, f"{name} imports the passthrough"
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            if target == name or target in ("x11passthrough",):
+                continue
+            assert state.get(target) != "open", f"import cycle: {' -> '.join([*path, target])}"
+            if target not in state:
+                visit(target, [*path, target])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_no_module_is_longer_than_700_lines() -> None:
+    """One concept per module keeps each of them short."""
+    long = {
+        name: n
+        for name, path in modules().items()
+        if (n := len(path.read_text().splitlines())) > 700
+    }
+    assert long == {}
