@@ -12,13 +12,15 @@ from infra.xvfb import reap_stale_servers
 
 pytest_plugins = ["pytester", "infra.fixtures", "infra.relay_peers"]
 
-# A busy 2-core CI machine must not fail a property test for being slow: the properties are
-# about results, not time.
+# A busy 2-core machine (CI, or tests run with -n) must not fail a property test for being
+# slow: the properties are about results, not time.
 settings.register_profile(
-    "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+    "x11passthrough",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=IN_CI,
 )
-if IN_CI:
-    settings.load_profile("ci")
+settings.load_profile("x11passthrough")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -9,7 +9,7 @@ import socket
 import struct
 import tempfile
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,15 +67,21 @@ def test_locate_unix_socket_of_xvfb(xvfb: XServer, monkeypatch: pytest.MonkeyPat
     assert locator.locate(None) == endpoint
 
 
-def test_locate_prefers_tcp(xvfb_tcp: XServer) -> None:
-    """When the server also listens on TCP, :N is found on TCP localhost:6000+N first."""
+def test_locate_prefers_the_socket_and_uses_tcp_last(
+    xvfb_tcp: XServer, xvfb_factory: Callable[..., XServer]
+) -> None:
+    """:N is found on the UNIX socket even when the server listens on TCP; TCP comes last."""
     locator = DisplayLocator()
-    endpoint = locator.locate(xvfb_tcp.display)
-    assert endpoint == Endpoint.tcp("localhost", xvfb_tcp.tcp_port)
-    assert setup_status(endpoint, xvfb_tcp.cookie) == 1
+    assert locator.candidates(xvfb_tcp.display)[-1] == Endpoint.tcp("localhost", xvfb_tcp.tcp_port)
+    assert locator.locate(xvfb_tcp.display) == Endpoint.unix(xvfb_tcp.unix_path)
     # An explicit UNIX display never goes to TCP.
     for text in (f"unix:{xvfb_tcp.number}", f"unix/:{xvfb_tcp.number}"):
         assert locator.locate(text) == Endpoint.unix(xvfb_tcp.unix_path)
+    # A server without sockets is reached over TCP, the last resort.
+    tcp_only = xvfb_factory(tcp=True, extra_args=("-nolisten", "unix", "-nolisten", "local"))
+    endpoint = locator.locate(tcp_only.display)
+    assert endpoint == Endpoint.tcp("localhost", tcp_only.tcp_port)
+    assert setup_status(endpoint, tcp_only.cookie) == 1
 
 
 def test_locate_tcp_display_uses_only_tcp(xvfb: XServer, xvfb_tcp: XServer) -> None:
@@ -168,9 +174,9 @@ def test_locate_nothing_lists_every_place_tried(tmp_path: Path, quiet_number: in
     locator = DisplayLocator(socket_dir=socket_dir)
     path = socket_dir / f"X{quiet_number}"
     assert locator.candidates(f":{quiet_number}") == (
-        Endpoint.tcp("localhost", 6000 + quiet_number),
         Endpoint.unix(str(path)),
         Endpoint.abstract(str(path)),
+        Endpoint.tcp("localhost", 6000 + quiet_number),
     )
     with pytest.raises(DisplayNotFoundError) as info:
         locator.locate(f":{quiet_number}")
@@ -235,7 +241,7 @@ def test_locate_without_display(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_candidates_by_form(tmp_path: Path) -> None:
-    """The candidate order documents the search: TCP first only for plain :N."""
+    """The candidate order documents the search: TCP last, and only for plain :N."""
     locator = DisplayLocator(socket_dir=tmp_path)
     path = str(tmp_path / "X3")
     assert locator.candidates("unix:3") == (Endpoint.unix(path), Endpoint.abstract(path))
@@ -243,4 +249,4 @@ def test_candidates_by_form(tmp_path: Path) -> None:
     assert locator.candidates("tcp/remote.example:3") == (Endpoint.tcp("remote.example", 6003),)
     assert locator.candidates("[::1]:3") == (Endpoint.tcp("::1", 6003),)
     no_abstract = DisplayLocator(socket_dir=tmp_path, abstract_sockets=False)
-    assert no_abstract.candidates(":3") == (Endpoint.tcp("localhost", 6003), Endpoint.unix(path))
+    assert no_abstract.candidates(":3") == (Endpoint.unix(path), Endpoint.tcp("localhost", 6003))

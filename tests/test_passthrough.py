@@ -280,15 +280,23 @@ def test_untrusted_mode(xvfb: XServer) -> None:
     assert untrusted.stdout.count("opcode:") < trusted.stdout.count("opcode:")
 
 
-@pytest.mark.parametrize("auth", ["substitute", "untrusted", "forward"])
-def test_start_connects_to_the_display_once(xvfb: XServer, tmp_path: Path, auth: str) -> None:
-    """Locating, the cookie lookup and the SECURITY client share one connection at start."""
+@pytest.mark.parametrize(
+    ("auth", "connections"), [("substitute", 1), ("untrusted", 2), ("forward", 1)]
+)
+def test_start_connects_to_the_display_once(
+    xvfb: XServer, tmp_path: Path, auth: str, connections: int
+) -> None:
+    """
+    Locating, the cookie lookup, the host check and the SECURITY client share one connection.
+
+    Untrusted mode adds the one that holds the untrusted cookie while the passthrough runs.
+    """
     with CountingForwarder(xvfb, tmp_path) as forwarder:
         locator = DisplayLocator(socket_dir=tmp_path, lock_dir=tmp_path, abstract_sockets=False)
         with passthrough(xvfb, auth=auth, locator=locator) as args:
-            assert forwarder.accepted == 1
+            assert forwarder.accepted == connections
             assert xdpyinfo(client_env(args)).returncode == 0
-            assert forwarder.accepted == 2
+            assert forwarder.accepted == connections + 1
 
 
 def test_display_without_cookie_works_and_is_logged(

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from x11passthrough._x11.security import SecurityClient
+from x11passthrough._x11.xlib import SetupRefusedError, open_display
 from x11passthrough.display import Endpoint
-from x11passthrough.exceptions import SecurityExtensionError
+from x11passthrough.exceptions import SecurityExtensionError, X11SetupError
 
 from infra.ci import require_executables
 from infra.xvfb import XServer
@@ -31,9 +32,10 @@ def _auth_file(path: Path, server: XServer, data: bytes) -> Path:
 
 def _client(server: XServer, cookie: bytes) -> SecurityClient:
     sock = Endpoint.unix(server.unix_path).connect(5)
-    return SecurityClient(
-        sock, COOKIE, cookie, number=server.number, timeout=5, where=server.unix_path
+    display = open_display(
+        sock, COOKIE, cookie, number=server.number, timeout=5, what="a test connection"
     )
+    return SecurityClient(display, timeout=5, where=server.unix_path)
 
 
 def _extensions(server: XServer, xauthority: Path) -> subprocess.CompletedProcess[str]:
@@ -72,8 +74,9 @@ def test_untrusted_cookie_sees_less_and_is_revocable(xvfb: XServer, tmp_path: Pa
 
 def test_wrong_cookie_is_a_clear_error(xvfb: XServer) -> None:
     """A connection the server refuses is reported with the server's reason."""
-    with pytest.raises(SecurityExtensionError, match="refused"):
+    with pytest.raises(SetupRefusedError, match="refused the connection") as info:
         _client(xvfb, b"\0" * 16)
+    assert info.value.reason == "Invalid MIT-MAGIC-COOKIE-1 key"
 
 
 def test_server_without_security_extension(xvfb_factory: object) -> None:
@@ -87,13 +90,13 @@ def test_server_that_closes_at_once() -> None:
     """A peer that closes the connection before answering: a clear error, nothing hangs."""
     ours, theirs = socket.socketpair()
     theirs.close()
-    with pytest.raises(SecurityExtensionError, match="closed the connection"):
-        SecurityClient(ours, COOKIE, b"x" * 16, number=0, timeout=1, where="a test peer")
+    with pytest.raises(X11SetupError, match="closed the connection"):
+        open_display(ours, COOKIE, b"x" * 16, number=0, timeout=1, what="a test peer")
     assert ours.fileno() == -1
 
 
 def test_server_that_never_answers_is_bounded() -> None:
     """A peer that accepts and stays silent: the setup fails after the timeout, no hang."""
     ours, theirs = socket.socketpair()
-    with theirs, pytest.raises(SecurityExtensionError, match=r"did not answer within 0\.5 s"):
-        SecurityClient(ours, COOKIE, b"x" * 16, number=0, timeout=0.5, where="a test peer")
+    with theirs, pytest.raises(X11SetupError, match=r"did not answer within 0\.5 s"):
+        open_display(ours, COOKIE, b"x" * 16, number=0, timeout=0.5, what="a test peer")

@@ -117,7 +117,7 @@ def _display_range(value: object) -> range | tuple[int, ...]:
 
 
 def _untrusted_timeout(value: object) -> int:
-    return _validate.count(value, name="untrusted_timeout", minimum=0)
+    return _validate.count(value, name="untrusted_timeout", minimum=1)
 
 
 def _connect_timeout(value: object) -> float:

@@ -21,7 +21,7 @@ import secrets
 import socket
 import warnings
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -29,10 +29,12 @@ import attrs
 
 from . import _netinfo, _session
 from ._args import DEFAULT_CONTAINER_XAUTHORITY, DockerRunArgs
+from ._cleanup import Cleanup
 from ._display._endpoint import Endpoint
 from ._display._locate import DisplayConnection
 from ._display._locator import DisplayLocator
 from ._display._name import DisplayName
+from ._display._owner import ownership_problem
 from ._display._reserve import reserve
 from ._options import AuthMode, Options
 from ._relay.options import RelayOptions
@@ -41,11 +43,20 @@ from ._relay.stats import RelayStats
 from ._relay.thread import RelayThread
 from ._validate import IPAddress, IPNetwork
 from ._x11.gate import CookieGate
-from ._x11.security import SecurityClient, UntrustedCookie
-from ._x11.wire import MIT_MAGIC_COOKIE_1
-from ._xauth.authority import Xauthority
+from ._x11.handshake import CookieKeeper, handshake
+from ._x11.security import SecurityClient
+from ._x11.wire import MIT_MAGIC_COOKIE_1, SetupStatus
+from ._x11.xlib import SetupRefusedError, open_display
+from ._xauth.authority import Xauthority, default_path
 from ._xauth.format import Family, XauthEntry, dump
-from .exceptions import DisplayError, X11PassthroughError
+from .exceptions import (
+    DisplayAuthorizationError,
+    DisplayError,
+    DisplayOwnerError,
+    SecurityExtensionError,
+    X11PassthroughError,
+    X11SetupError,
+)
 
 
 logger = logging.getLogger("x11passthrough")
@@ -100,8 +111,10 @@ class X11Passthrough:
             ``$XDG_RUNTIME_DIR``, else the system temporary directory. Docker Desktop shares
             only paths under ``$HOME``: pass a directory there.
         display_range: The display numbers M to choose from.
-        untrusted_timeout: In ``untrusted`` mode, seconds the X server keeps the cookie after
-            its last client left (0: until revoked).
+        untrusted_timeout: In ``untrusted`` mode, seconds the X server keeps the untrusted
+            cookie after this process is gone. While the passthrough runs, a connection of
+            its own holds the cookie, so it never expires under the relay; if the process dies
+            (even by SIGKILL) the cookie dies this long after.
         connect_timeout: Seconds to wait for the host display when probing and connecting.
         setup_timeout: Seconds a container's client has to complete its X11 setup message
             before the relay drops it.
@@ -128,7 +141,7 @@ class X11Passthrough:
         container_hostname: str | None = "x11passthrough",
         host_dir: str | os.PathLike[str] | None = None,
         display_range: range = range(50, 300),
-        untrusted_timeout: int = 3600,
+        untrusted_timeout: int = 5,
         connect_timeout: float = 2.0,
         setup_timeout: float = 10.0,
         locator: DisplayLocator | None = None,
@@ -150,7 +163,7 @@ class X11Passthrough:
             setup_timeout=setup_timeout,
         )
         self._locator = locator or DisplayLocator(connect_timeout=self._options.connect_timeout)
-        self._cleanup: contextlib.ExitStack | None = None
+        self._cleanup: Cleanup | None = None
         self._args: DockerRunArgs | None = None
         self._relay: RelayThread | Relay | None = None
         self._last_stats = RelayStats()
@@ -204,27 +217,32 @@ class X11Passthrough:
         """
         if self._args is not None:
             return self._args
-        stack = contextlib.ExitStack()
+        cleanup = Cleanup()
         try:
-            session = self._prepare(stack)
+            session = self._prepare(cleanup)
             relay = RelayThread(session.listeners, session.endpoint, session.relay_options)
             relay.start()
-            stack.callback(relay.stop)
+            cleanup.add("stopping the relay", relay.stop)
         except BaseException:
-            stack.close()
+            cleanup.close()
             raise
         self._relay = relay
-        self._cleanup = stack
+        self._cleanup = cleanup
         self._args = session.args
         return session.args
 
     def close(self) -> None:
-        """Stop the relay, free the port and remove the files. Idempotent."""
-        stack, self._cleanup = self._cleanup, None
+        """
+        Stop the relay, free the port and remove the files. Idempotent.
+
+        It never raises: a step that fails (the X server is gone, a file was removed by hand)
+        is logged as a warning and the other steps still run.
+        """
+        cleanup, self._cleanup = self._cleanup, None
         relay, self._relay = self._relay, None
         self._args = None
-        if stack is not None:
-            stack.close()
+        if cleanup is not None:
+            cleanup.close()
             logger.debug("passthrough closed")
         if relay is not None:
             self._last_stats = relay.stats
@@ -261,16 +279,16 @@ class X11Passthrough:
         """
         if self._args is not None:
             return self._args
-        stack = contextlib.ExitStack()
+        cleanup = Cleanup()
         try:
-            session = await asyncio.to_thread(self._prepare, stack)
+            session = await asyncio.to_thread(self._prepare, cleanup)
             relay = Relay(session.listeners, session.endpoint, session.relay_options)
             await relay.start()
         except BaseException:
-            stack.close()
+            cleanup.close()
             raise
         self._relay = relay
-        self._cleanup = stack
+        self._cleanup = cleanup
         self._args = session.args
         return session.args
 
@@ -278,7 +296,10 @@ class X11Passthrough:
         """Stop the relay, free the port and remove the files. Idempotent."""
         relay = self._relay
         if isinstance(relay, Relay):
-            await relay.stop()
+            try:
+                await relay.stop()
+            except Exception:
+                logger.warning("cleanup: stopping the relay failed", exc_info=True)
         self.close()
 
     async def __aenter__(self) -> DockerRunArgs:
@@ -305,40 +326,51 @@ class X11Passthrough:
             )
         return DisplayName.parse(text)
 
-    def _prepare(self, stack: contextlib.ExitStack) -> _Session:
-        """Locate, authenticate, reserve and write; register every cleanup on `stack`."""
+    def _prepare(self, cleanup: Cleanup) -> _Session:
+        """Locate, authenticate, reserve and write; register every undo step on `cleanup`."""
         opts = self._options
         name = self._display_name()
         connection = self._locator.connect(name)
-        with contextlib.ExitStack() as closing:
-            closing.callback(connection.close)
-            real = self._real_cookie(connection)
-            endpoint = connection.endpoint
+        endpoint = connection.endpoint
+        keeper: CookieKeeper | None = None
+        try:
+            authority = self._authority_file()
+            real = self._real_cookie(connection, authority)
+            upstream: bytes | None
             if opts.auth == "untrusted":
-                closing.pop_all()  # the SECURITY client owns the connection now
-                upstream: bytes | None = self._untrusted_cookie(connection, real, stack)
+                upstream, keeper = self._untrusted_cookie(connection, real, authority, cleanup)
             else:
+                self._check_host(connection, real, authority)
                 upstream = real
+        finally:
+            if opts.auth != "untrusted":
+                connection.close()
 
         bind = opts.bind or self._default_bind()
         reservation = reserve(opts.display_range, bind, self._locator._places(abstract=True))
-        stack.callback(reservation.close)
+        cleanup.add("releasing the display number", reservation.close)
         number = reservation.number
 
+        container_cookie = real if opts.auth == "forward" else secrets.token_bytes(16)
         gate = None
-        container_cookie = real
-        if opts.auth != "forward":
-            container_cookie = secrets.token_bytes(16)
+        if container_cookie is not None:
             gate = CookieGate(
                 expected_name=MIT_MAGIC_COOKIE_1,
                 expected_data=container_cookie,
                 replacement_name=MIT_MAGIC_COOKIE_1 if upstream else b"",
                 replacement_data=upstream or b"",
             )
+        elif opts.auth == "forward":
+            logger.warning(
+                "the X display %s admits clients without a cookie, and auth='forward' has none "
+                "to demand: every container that reaches the relay becomes a trusted client of "
+                "your display. Use auth='substitute' (the default) to guard the relay.",
+                name,
+            )
 
         xauthority = None
         if container_cookie:
-            xauthority = self._write_session_file(number, container_cookie, stack)
+            xauthority = self._write_session_file(number, container_cookie, cleanup)
         allow: tuple[IPNetwork, ...] | None = opts.allow
         if allow is None:
             allow = tuple(_netinfo.networks_for([str(a) for a in bind])) or None
@@ -367,6 +399,7 @@ class X11Passthrough:
             listeners=reservation.sockets,
             relay_options=RelayOptions(
                 setup_filter=gate,
+                check_upstream=self._upstream_check(endpoint, keeper),
                 setup_timeout=opts.setup_timeout,
                 connect_timeout=opts.connect_timeout,
                 allow=allow,
@@ -374,42 +407,145 @@ class X11Passthrough:
             args=args,
         )
 
-    def _real_cookie(self, connection: DisplayConnection) -> bytes | None:
+    def _authority_file(self) -> str:
+        """Return the host authority file's path as libXau picks it ("" for none)."""
+        if self._options.xauthority is not None:
+            return self._options.xauthority
+        return default_path()
+
+    def _upstream_check(
+        self, endpoint: Endpoint, keeper: CookieKeeper | None
+    ) -> Callable[[socket.socket], str | None]:
+        """Return the check of every connection the relay makes (cookie alive, owner ours)."""
+        trusted = self._locator.trusted_owners
+
+        def check(sock: socket.socket) -> str | None:
+            if keeper is not None:
+                problem = keeper.problem()
+                if problem is not None:
+                    return problem
+            return ownership_problem(sock, endpoint, trusted)
+
+        return check
+
+    def _real_cookie(self, connection: DisplayConnection, authority: str) -> bytes | None:
         """Return the MIT cookie a client would send on `connection`, or None."""
-        authority = Xauthority.load(self._options.xauthority)
-        entry = authority.for_connection(connection.socket, connection.name.number)
+        entries = Xauthority.load(authority)
+        entry = entries.for_connection(connection.socket, connection.name.number)
         if entry is None:
             logger.info(
-                "no MIT-MAGIC-COOKIE-1 for display %s in the authority file; the X server must "
-                "accept clients without one (xhost, SI:localuser or no access control)",
+                "no MIT-MAGIC-COOKIE-1 for display %s in %s; the X server must accept clients "
+                "without one (xhost, SI:localuser or no access control)",
                 connection.name,
+                authority or "any authority file (XAUTHORITY is empty)",
             )
             return None
         return entry.data
 
-    def _untrusted_cookie(
-        self, connection: DisplayConnection, real: bytes | None, stack: contextlib.ExitStack
-    ) -> bytes:
-        opts = self._options
-        client = SecurityClient(
-            connection.socket,
-            MIT_MAGIC_COOKIE_1 if real else b"",
-            real or b"",
-            number=connection.name.number,
-            timeout=opts.connect_timeout,
-            where=str(connection.endpoint),
+    def _refused(
+        self, connection: DisplayConnection, real: bytes | None, authority: str, reason: str
+    ) -> DisplayAuthorizationError:
+        where = authority or "no authority file (XAUTHORITY is empty)"
+        if real is None:
+            what = (
+                "a connection without a cookie (there is no entry for display "
+                f"{connection.name} in {where})"
+            )
+            hint = "add one (xauth add), or point XAUTHORITY / xauthority=... at the right file"
+        else:
+            what = f"the cookie for display {connection.name} from {where}"
+            hint = (
+                "the file holds a stale cookie: log in again, or point xauthority=... at the "
+                "file your X server uses"
+            )
+        return DisplayAuthorizationError(
+            f"the X server at {connection.endpoint} refused {what}: "
+            f"{reason.strip() or 'no reason given'}; {hint}"
         )
-        stack.callback(client.close)
+
+    def _check_host(
+        self, connection: DisplayConnection, real: bytes | None, authority: str
+    ) -> None:
+        """Make one X11 setup with the cookie the relay will present, on the locate connection."""
+        try:
+            reply = handshake(
+                connection.socket,
+                MIT_MAGIC_COOKIE_1 if real else b"",
+                real or b"",
+                timeout=self._options.connect_timeout,
+            )
+        except X11SetupError as e:
+            raise DisplayError(f"the X display at {connection.endpoint}: {e}") from e
+        if reply.status is not SetupStatus.SUCCESS:
+            raise self._refused(connection, real, authority, reply.reason)
+        if real is None:
+            logger.info("the X display %s admits clients without a cookie", connection.name)
+
+    def _untrusted_cookie(
+        self,
+        connection: DisplayConnection,
+        real: bytes | None,
+        authority: str,
+        cleanup: Cleanup,
+    ) -> tuple[bytes, CookieKeeper]:
+        opts = self._options
+        where = str(connection.endpoint)
+        try:
+            display = open_display(
+                connection.socket,
+                MIT_MAGIC_COOKIE_1 if real else b"",
+                real or b"",
+                number=connection.name.number,
+                timeout=opts.connect_timeout,
+                what=f"the connection to the X display at {where}",
+            )
+        except SetupRefusedError as e:
+            raise self._refused(connection, real, authority, e.reason) from None
+        except X11SetupError as e:
+            raise SecurityExtensionError(str(e)) from None
+        client = SecurityClient(display, timeout=opts.connect_timeout, where=where)
+        cleanup.add("closing the SECURITY connection", client.close)
         cookie = client.generate(timeout=opts.untrusted_timeout)
 
-        def revoke(cookie: UntrustedCookie = cookie) -> None:
-            try:
-                client.revoke(cookie)
-            except X11PassthroughError:
-                logger.warning("could not revoke the untrusted cookie", exc_info=True)
+        def revoke() -> None:
+            client.revoke(cookie)
 
-        stack.callback(revoke)
-        return cookie.data
+        cleanup.add("revoking the untrusted cookie", revoke)
+        keeper = self._keep(connection.endpoint, cookie.data)
+        cleanup.add("closing the connection that holds the untrusted cookie", keeper.close)
+        return cookie.data, keeper
+
+    def _keep(self, endpoint: Endpoint, cookie: bytes) -> CookieKeeper:
+        """Open the connection that keeps the untrusted cookie alive while we run."""
+        timeout = self._options.connect_timeout
+        try:
+            sock = endpoint.connect(timeout)
+        except OSError as e:
+            raise SecurityExtensionError(
+                f"the X display at {endpoint} stopped answering: {e}"
+            ) from e
+        try:
+            self._present_untrusted(sock, endpoint, cookie)
+        except BaseException:
+            sock.close()
+            raise
+        return CookieKeeper(sock)
+
+    def _present_untrusted(self, sock: socket.socket, endpoint: Endpoint, cookie: bytes) -> None:
+        """Check the keeper's endpoint and make its setup with the untrusted cookie."""
+        problem = ownership_problem(sock, endpoint, self._locator.trusted_owners)
+        if problem is not None:
+            raise DisplayOwnerError(problem)
+        timeout = self._options.connect_timeout
+        try:
+            reply = handshake(sock, MIT_MAGIC_COOKIE_1, cookie, timeout=timeout)
+        except X11SetupError as e:
+            raise SecurityExtensionError(f"the X display at {endpoint}: {e}") from e
+        if reply.status is not SetupStatus.SUCCESS:
+            raise SecurityExtensionError(
+                f"the X server at {endpoint} refused the untrusted cookie it had just "
+                f"issued: {reply.reason.strip() or 'no reason given'}"
+            )
 
     def _default_bind(self) -> tuple[IPAddress, ...]:
         gateway = _netinfo.docker_gateway()
@@ -421,10 +557,10 @@ class X11Passthrough:
         )
         return (ipaddress.IPv4Address("0.0.0.0"),)
 
-    def _write_session_file(self, number: int, cookie: bytes, stack: contextlib.ExitStack) -> Path:
+    def _write_session_file(self, number: int, cookie: bytes, cleanup: Cleanup) -> Path:
         opts = self._options
         directory = _session.create_directory(opts.host_dir)
-        stack.callback(_session.remove_directory, directory)
+        cleanup.add(f"removing {directory}", lambda: _session.remove_directory(directory))
         entries = [XauthEntry(Family.WILD, b"", number, MIT_MAGIC_COOKIE_1, cookie)]
         if opts.container_hostname:
             entries.append(

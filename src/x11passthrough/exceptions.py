@@ -12,9 +12,11 @@ from __future__ import annotations
 __all__ = [
     "BindError",
     "ConfigurationError",
+    "DisplayAuthorizationError",
     "DisplayError",
     "DisplayNameError",
     "DisplayNotFoundError",
+    "DisplayOwnerError",
     "NoFreeDisplayError",
     "RelayError",
     "SecurityExtensionError",
@@ -51,6 +53,25 @@ class DisplayNameError(DisplayError):
 
 class DisplayNotFoundError(DisplayError, LookupError):
     """No live X server answers for a display; the message lists every place tried."""
+
+
+class DisplayOwnerError(DisplayError, PermissionError):
+    """
+    The display's endpoint belongs to another user, so no cookie is sent there.
+
+    Raised when every place the display could listen on is missing or owned by a uid other
+    than root and the current user (a squatter on ``127.0.0.1:6000+N`` or on the abstract
+    socket). The message names the endpoint and its owner.
+    """
+
+
+class DisplayAuthorizationError(DisplayError, PermissionError):
+    """
+    The X server refused the connection the relay would make: wrong or missing cookie.
+
+    Raised at start, before any container runs; the message quotes the server's reason and
+    names the authority file that was read.
+    """
 
 
 class NoFreeDisplayError(DisplayError):

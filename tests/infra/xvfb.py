@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ci import require_executables
-from .processes import pid_alive, set_pdeathsig, stop_process
+from .processes import pid_alive, set_pdeathsig, stop_process, wait_until
 
 
 STATE_DIR = Path("/tmp/x11passthrough-tests")
@@ -179,18 +179,25 @@ def _read_display_number(fd: int, process: subprocess.Popen[bytes], workdir: Pat
     return int(data.strip())
 
 
-def _wait_answers(server: XServer) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket(socket.AF_UNIX) as s:
+def _answers(server: XServer) -> bool:
+    """Tell whether the server accepts on its UNIX socket, or on TCP when it listens there."""
+    places: list[tuple[socket.AddressFamily, str | tuple[str, int]]] = [
+        (socket.AF_UNIX, server.unix_path)
+    ]
+    if server.tcp:
+        places.append((socket.AF_INET, ("127.0.0.1", server.tcp_port)))
+    for family, address in places:
+        with socket.socket(family) as s:
             try:
-                s.connect(server.unix_path)
+                s.connect(address)
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
                 continue
-        return
+            return True
+    return False
+
+
+def _wait_answers(server: XServer) -> None:
+    wait_until(lambda: _answers(server), f"Xvfb :{server.number} to accept", timeout=10)
 
 
 class CountingForwarder:

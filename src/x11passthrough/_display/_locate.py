@@ -11,13 +11,15 @@ import logging
 import os
 import socket
 
+from collections.abc import Collection
 from types import TracebackType
 
 import attrs
 
-from ..exceptions import DisplayNotFoundError
+from ..exceptions import DisplayNotFoundError, DisplayOwnerError
 from ._endpoint import Endpoint, why_failed
 from ._name import _TRAILING_SCREEN_RE, DisplayName
+from ._owner import ownership_problem
 from ._reserve import ServerPlaces
 
 
@@ -70,24 +72,28 @@ def candidates(name: DisplayName, places: ServerPlaces) -> tuple[Endpoint, ...]:
         return (Endpoint.unix(full),)
     if name.host is not None and not name.is_local:
         return (Endpoint.tcp(name.host, name.tcp_port),)
-    found: list[Endpoint] = []
-    if name.protocol is None and name.host is None:
-        found.append(Endpoint.tcp("localhost", name.tcp_port))
     path = places.socket_path(name.number)
-    found.append(Endpoint.unix(path))
+    found = [Endpoint.unix(path)]
     if places.abstract:
         found.append(Endpoint.abstract(path))
+    if name.protocol is None and name.host is None:
+        # As libxcb: TCP only as the last resort, because anyone may listen there first.
+        found.append(Endpoint.tcp("localhost", name.tcp_port))
     return tuple(found)
 
 
-def connect(name: DisplayName, places: ServerPlaces) -> DisplayConnection:
+def connect(
+    name: DisplayName, places: ServerPlaces, trusted: Collection[int] | None = None
+) -> DisplayConnection:
     """
-    Connect to the first candidate of `name` that accepts a connection.
+    Connect to the first candidate of `name` that accepts and belongs to a `trusted` uid.
 
     Raises:
+        DisplayOwnerError: Only endpoints owned by other users answer.
         DisplayNotFoundError: Nothing answers; the message lists every endpoint tried.
     """
     failures: list[str] = []
+    foreign: list[str] = []
     for endpoint in candidates(name, places):
         try:
             sock = endpoint.connect(places.timeout)
@@ -96,8 +102,22 @@ def connect(name: DisplayName, places: ServerPlaces) -> DisplayConnection:
             logger.debug("display %s: %s: %s", name, endpoint, reason)
             failures.append(f"{endpoint}: {reason}")
             continue
+        problem = ownership_problem(sock, endpoint, trusted)
+        if problem is not None:
+            sock.close()
+            logger.warning("display %s: %s", name, problem)
+            foreign.append(problem)
+            failures.append(f"{endpoint}: refused, {problem}")
+            continue
         logger.debug("display %s answers on %s", name, endpoint)
         return DisplayConnection(name=name, endpoint=endpoint, socket=sock)
+    if foreign:
+        tried = "".join(f"\n  {f}" for f in failures)
+        raise DisplayOwnerError(
+            f"no X server of yours answers for display {str(name)!r}; tried:{tried}\n"
+            "If that user's X server is meant to be shared with you, pass "
+            "DisplayLocator(trusted_owners=...) with its uid as locator=..."
+        )
     hint = "is the X server running, and is DISPLAY right?"
     if not name.is_local:
         hint += (

@@ -38,6 +38,19 @@ def _lock_dir(value: object) -> str:
     return _directory("lock_dir", value)
 
 
+def _owners(value: object) -> frozenset[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigurationError(f"trusted_owners={value!r} must be a set of uids, or None")
+    uids = frozenset(value)
+    if not uids or not all(
+        isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in uids
+    ):
+        raise ConfigurationError(f"trusted_owners={value!r} must be a non-empty set of uids")
+    return uids
+
+
 def _timeout(value: float) -> float:
     return _validate.seconds(value, name="connect_timeout")
 
@@ -57,6 +70,8 @@ class DisplayLocator:
             other systems). libxcb dropped them in 2025 as a security risk, but X.Org and
             Xwayland still listen on them, and they are the only way in when the socket file
             is gone. :meth:`reserve` always checks them on Linux.
+        trusted_owners: The uids an endpoint may belong to; None means root and the current
+            user. An endpoint owned by anyone else (a squatter) is never sent a cookie.
 
     Raises:
         ConfigurationError: When an option is invalid (a relative directory, a timeout that
@@ -71,6 +86,7 @@ class DisplayLocator:
     lock_dir: str = attrs.field(default="/tmp", converter=_lock_dir)
     connect_timeout: float = attrs.field(default=2.0, converter=_timeout)
     abstract_sockets: bool = True
+    trusted_owners: frozenset[int] | None = attrs.field(default=None, converter=_owners)
 
     def _places(self, *, abstract: bool) -> ServerPlaces:
         return ServerPlaces(
@@ -120,8 +136,8 @@ class DisplayLocator:
           ``.screen``) does not exist and ends in ``.N``, the path without it.
         * A remote display (any host but ``unix``, including ``localhost`` and
           ``127.0.0.1``): TCP to that host, port 6000+N, only.
-        * ``:N``: TCP ``localhost:6000+N`` first (an SSH-forwarded or TCP-only server wins),
-          then the UNIX socket ``socket_dir/XN``, then the abstract socket.
+        * ``:N``: the UNIX socket ``socket_dir/XN``, then the abstract socket, and TCP
+          ``localhost:6000+N`` only as the last resort, as libxcb does.
         * ``unix:N``, ``unix/:N``, ``HOST/unix:N``: the UNIX socket, then the abstract socket.
 
         Args:
@@ -140,10 +156,13 @@ class DisplayLocator:
 
     def connect(self, display: DisplayName | str | None = None) -> DisplayConnection:
         """
-        Connect to the first of :meth:`candidates` that accepts a connection.
+        Connect to the first of :meth:`candidates` that accepts and belongs to a trusted owner.
 
-        No X protocol is spoken: the connection is handed over as it is, so the caller can
-        pick the cookie for it and make the X11 setup itself.
+        The owner is checked before anything is sent: ``SO_PEERCRED`` on UNIX and abstract
+        sockets, the listening socket's uid in ``/proc/net/tcp{,6}`` on loopback TCP (a remote
+        host cannot be checked). An endpoint of another user is skipped, with a warning. No X
+        protocol is spoken: the connection is handed over as it is, so the caller can pick
+        the cookie for it and make the X11 setup itself.
 
         Args:
             display: A display name, its text, or None for ``$DISPLAY``.
@@ -154,10 +173,15 @@ class DisplayLocator:
         Raises:
             DisplayError: When `display` is None and ``DISPLAY`` is unset or empty.
             DisplayNameError: When the text is not a display name.
+            DisplayOwnerError: When only endpoints of other users answer.
             DisplayNotFoundError: When nothing answers; the message lists every endpoint
                 tried and why each failed.
         """
-        return _locate.connect(self._coerce(display), self._places(abstract=self.abstract_sockets))
+        return _locate.connect(
+            self._coerce(display),
+            self._places(abstract=self.abstract_sockets),
+            self.trusted_owners,
+        )
 
     def locate(self, display: DisplayName | str | None = None) -> Endpoint:
         """

@@ -130,6 +130,12 @@ class Connection:
         if not owner.serving:  # stop() ran while the last await completed
             close_socket(upstream)
             raise asyncio.CancelledError
+        check = self._path.options.check_upstream
+        problem = None if check is None else check(upstream)
+        if problem is not None:
+            close_socket(upstream)
+            await self._upstream_refused(f"x11passthrough: {problem}")
+            return
         self.upstream = upstream
         if forward:
             try:
@@ -274,11 +280,15 @@ class Connection:
                 return
 
     async def _unreachable(self, exc: BaseException) -> None:
-        self._path.counters.errors += 1
         reason = (
             f"x11passthrough: cannot reach the X display at {self._target}: "
             f"{describe_error(exc, self._path.options.connect_timeout)}"
         )
+        await self._upstream_refused(reason)
+
+    async def _upstream_refused(self, reason: str) -> None:
+        """Answer Failed with `reason` (the display cannot serve this client); count an error."""
+        self._path.counters.errors += 1
         logger.warning("%s (connection #%d from %s)", reason, self.number, self.peer)
         received = self.received
         if not received:

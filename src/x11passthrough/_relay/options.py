@@ -6,6 +6,8 @@ Strictly private.
 
 from __future__ import annotations
 
+import socket
+
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 #: A setup filter: called with every byte a client sent so far, returns ``None`` for "need
 #: more bytes", :class:`~x11passthrough._x11.gate.Accept` or ``Reject``.
 SetupFilter = Callable[[bytes], "Accept | Reject | None"]
+#: An upstream check: called with each new connection to the display before a byte is sent
+#: on it; returns why it must not be used (the client is refused with that reason), or None.
+UpstreamCheck = Callable[[socket.socket], "str | None"]
 
 DEFAULT_READ_SIZE = 1024 * 1024
 DEFAULT_HIGH_WATER = 1024 * 1024
@@ -77,6 +82,9 @@ class RelayOptions:
         allow: Client networks to accept TCP connections from; anyone else is refused at
             once, before a byte is forwarded or the display contacted. None accepts every
             client.
+        check_upstream: Called with every new connection to the display before anything is
+            sent on it (e.g. to verify who owns the endpoint); a non-None result refuses the
+            client with that reason, and the connection is closed unused.
         busy_poll: Seconds a relay that owns its event loop keeps polling after small
             exchanges before it sleeps; 0 disables it. This trades some CPU while clients
             are busy for less than half the added round-trip latency; an idle relay uses none.
@@ -86,6 +94,7 @@ class RelayOptions:
     """
 
     setup_filter: SetupFilter | None = attrs.field(default=None, eq=False)
+    check_upstream: UpstreamCheck | None = attrs.field(default=None, eq=False)
     setup_timeout: float = attrs.field(default=10.0, converter=_setup_timeout)
     connect_timeout: float = attrs.field(default=5.0, converter=_connect_timeout)
     high_water: int = attrs.field(default=DEFAULT_HIGH_WATER, converter=_high_water)

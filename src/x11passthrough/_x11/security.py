@@ -13,12 +13,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import attrs
+import Xlib.display
 import Xlib.error
 import Xlib.ext.security
 
 from ..exceptions import SecurityExtensionError, X11SetupError
 from .wire import MIT_MAGIC_COOKIE_1, hidden
-from .xlib import deadline, open_display
+from .xlib import deadline
 
 
 logger = logging.getLogger("x11passthrough")
@@ -42,44 +43,26 @@ class SecurityClient:
     does not revoke them, :meth:`revoke` does.
 
     Args:
-        sock: A connected socket to the X server on which nothing was sent yet; the client
-            owns it from now on.
-        auth_name: The authorization protocol name for this trusted connection.
-        auth_data: Its cookie.
-        number: The display number.
+        display: An open python-xlib display (see :func:`.xlib.open_display`); the client owns
+            it from now on.
         timeout: Seconds each exchange with the server may take.
         where: The endpoint, for messages.
 
     Raises:
-        SecurityExtensionError: The server refused the connection (with its reason), or
-            lacks the SECURITY extension.
+        SecurityExtensionError: The server lacks the SECURITY extension (the display is
+            closed).
     """
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        auth_name: bytes,
-        auth_data: bytes,
-        *,
-        number: int,
-        timeout: float,
-        where: str,
-    ) -> None:
+    def __init__(self, display: Xlib.display.Display, *, timeout: float, where: str) -> None:
         self._where = where
         self._timeout = timeout
-        self._sock = sock
-        what = f"the connection to the X display at {where} that asks for an untrusted cookie"
-        try:
-            self._display = open_display(
-                sock, auth_name, auth_data, number=number, timeout=timeout, what=what
-            )
-        except X11SetupError as e:
-            raise SecurityExtensionError(str(e)) from None
+        self._display = display
+        self._sock: socket.socket = display.display.socket
         self._errors: list[Any] = []
         # python-xlib prints errors of requests without a reply; keep them for _call.
-        self._display.set_error_handler(lambda error, request: self._errors.append(error))
-        if "SECURITY" not in self._display.extensions:
-            self._display.close()
+        display.set_error_handler(lambda error, request: self._errors.append(error))
+        if "SECURITY" not in display.extensions:
+            self.close()
             raise SecurityExtensionError(
                 f"the X server at {where} lacks the SECURITY extension, so it cannot "
                 "issue untrusted cookies; use auth='substitute' instead"

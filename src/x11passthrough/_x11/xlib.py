@@ -42,6 +42,14 @@ import Xlib.support.connect
 from ..exceptions import X11SetupError
 
 
+class SetupRefusedError(X11SetupError):
+    """The server answered the connection setup with Failed; `reason` is its text."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 _override = threading.local()
 _install_lock = threading.Lock()
 _installed = False
@@ -140,8 +148,8 @@ def open_display(
         The open display.
 
     Raises:
-        X11SetupError: The server refused the connection (the message quotes its reason),
-            closed it, or did not answer within `timeout`.
+        SetupRefusedError: The server refused the connection (the message quotes its reason).
+        X11SetupError: The server closed the connection or did not answer within `timeout`.
     """
     _install()
     sock.settimeout(None)
@@ -151,9 +159,10 @@ def open_display(
             return Xlib.display.Display(f":{number}")
     except Xlib.error.DisplayConnectionError as e:
         sock.close()
-        reason = e.msg.decode("latin-1") if isinstance(e.msg, bytes) else str(e.msg)
-        raise X11SetupError(
-            f"{what}: the X server refused the connection: {reason.strip() or 'no reason given'}"
+        reason = (e.msg.decode("latin-1") if isinstance(e.msg, bytes) else str(e.msg)).strip()
+        raise SetupRefusedError(
+            f"{what}: the X server refused the connection: {reason or 'no reason given'}",
+            reason,
         ) from None
     except (Xlib.error.ConnectionClosedError, OSError) as e:
         sock.close()
