@@ -21,6 +21,7 @@ from x11passthrough.display import DisplayLocator
 from x11passthrough.exceptions import (
     BindError,
     ConfigurationError,
+    DisplayAuthorizationError,
     DisplayError,
     DisplayNameError,
     DisplayNotFoundError,
@@ -340,7 +341,8 @@ def test_errors_are_ours_and_actionable(
         X11Passthrough(":599", bind=["127.0.0.1"]).start()
     corrupt = tmp_path / "corrupt"
     corrupt.write_bytes(b"\x01\x00\x00")
-    with pytest.raises(XauthorityError):
+    # libXau reads no entry from it; the server then refuses, and the message names the file.
+    with pytest.raises(DisplayAuthorizationError, match=f"no entry for display .* in {corrupt}"):
         X11Passthrough(xvfb.display, corrupt, bind=["127.0.0.1"]).start()
     with pytest.raises(XauthorityError):
         X11Passthrough(xvfb.display, tmp_path, bind=["127.0.0.1"]).start()

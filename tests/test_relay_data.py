@@ -156,6 +156,7 @@ def test_backpressure_bounds_memory_while_a_client_does_not_read(
         high_water=high_water,
         low_water=high_water // 4,
         read_size=read_size,
+        stall_timeout=0,  # this client stops reading on purpose: keep it
     )
     gc.collect()
     rss_before = rss_bytes()

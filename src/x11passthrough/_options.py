@@ -128,6 +128,10 @@ def _setup_timeout(value: object) -> float:
     return _validate.seconds(value, name="setup_timeout")
 
 
+def _stall_timeout(value: object) -> float:
+    return _validate.seconds(value, name="stall_timeout", allow_zero=True)
+
+
 @attrs.frozen(kw_only=True)
 class Options:
     """The validated options of a passthrough (see X11Passthrough). Strictly private."""
@@ -146,3 +150,4 @@ class Options:
     untrusted_timeout: int = attrs.field(converter=_untrusted_timeout)
     connect_timeout: float = attrs.field(converter=_connect_timeout)
     setup_timeout: float = attrs.field(converter=_setup_timeout)
+    stall_timeout: float = attrs.field(converter=_stall_timeout)

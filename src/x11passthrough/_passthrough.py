@@ -44,7 +44,7 @@ from ._relay.thread import RelayThread
 from ._validate import IPAddress, IPNetwork
 from ._x11.gate import CookieGate
 from ._x11.handshake import CookieKeeper, handshake
-from ._x11.security import SecurityClient
+from ._x11.security import SecurityClient, UntrustedCookie
 from ._x11.wire import MIT_MAGIC_COOKIE_1, SetupStatus
 from ._x11.xlib import SetupRefusedError, open_display
 from ._xauth.authority import Xauthority, default_path
@@ -118,6 +118,10 @@ class X11Passthrough:
         connect_timeout: Seconds to wait for the host display when probing and connecting.
         setup_timeout: Seconds a container's client has to complete its X11 setup message
             before the relay drops it.
+        stall_timeout: Seconds a container's client may leave the X server's replies unread
+            (with 1 MiB waiting) before the relay drops it; 0 never drops. An X server buffers
+            without bound for a client that asks and never reads (Xvfb grew about 800 MB/s
+            and crashed near 2 GB), so one stalled container could take the display down.
         locator: The :class:`~x11passthrough.display.DisplayLocator` to use (for other socket
             directories).
 
@@ -144,6 +148,7 @@ class X11Passthrough:
         untrusted_timeout: int = 5,
         connect_timeout: float = 2.0,
         setup_timeout: float = 10.0,
+        stall_timeout: float = 0.5,
         locator: DisplayLocator | None = None,
     ) -> None:
         self._options = Options(
@@ -161,12 +166,14 @@ class X11Passthrough:
             untrusted_timeout=untrusted_timeout,
             connect_timeout=connect_timeout,
             setup_timeout=setup_timeout,
+            stall_timeout=stall_timeout,
         )
         self._locator = locator or DisplayLocator(connect_timeout=self._options.connect_timeout)
         self._cleanup: Cleanup | None = None
         self._args: DockerRunArgs | None = None
         self._relay: RelayThread | Relay | None = None
         self._last_stats = RelayStats()
+        self._untrusted: UntrustedCookie | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._args is not None else "closed"
@@ -401,6 +408,7 @@ class X11Passthrough:
                 setup_filter=gate,
                 check_upstream=self._upstream_check(endpoint, keeper),
                 setup_timeout=opts.setup_timeout,
+                stall_timeout=opts.stall_timeout,
                 connect_timeout=opts.connect_timeout,
                 allow=allow,
             ),
@@ -506,6 +514,7 @@ class X11Passthrough:
         client = SecurityClient(display, timeout=opts.connect_timeout, where=where)
         cleanup.add("closing the SECURITY connection", client.close)
         cookie = client.generate(timeout=opts.untrusted_timeout)
+        self._untrusted = cookie
 
         def revoke() -> None:
             client.revoke(cookie)

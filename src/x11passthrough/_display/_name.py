@@ -255,6 +255,11 @@ class DisplayName:
         if ":" not in rest:
             raise _name_error(text, "it has no ':' before the display number")
         bracketed = _BRACKET_RE.fullmatch(rest)
+        if bracketed is None and rest.startswith("["):
+            raise _name_error(
+                text,
+                "an IPv6 address in brackets needs its closing ']' and then ':N', e.g. '[::1]:0'",
+            )
         if bracketed is not None:
             hostpart, tail = bracketed["host"], bracketed["tail"]
             if not _is_ipv6(hostpart):

@@ -55,6 +55,9 @@ class ConnectionOwner(Protocol):
     def connection_closed(self, connection: Connection) -> None:
         """Forget `connection`, which closed."""
 
+    def setup_finished(self, connection: Connection) -> None:
+        """Count `connection` as past its setup phase: no longer an unauthenticated one."""
+
 
 class Refusal(Exception):  # noqa: N818 - internal control flow, not an error to callers
     """Raised inside the setup phase to refuse a client with a "Failed" reply."""
@@ -75,12 +78,14 @@ class Connection:
         "_target",
         "client",
         "closed",
+        "evicted",
         "flows",
         "forwarded",
         "loop",
         "number",
         "peer",
         "received",
+        "source",
         "started",
         "upstream",
     )
@@ -94,6 +99,7 @@ class Connection:
         *,
         target: Endpoint,
         peer: str,
+        source: str,
         number: int,
     ) -> None:
         self._owner = owner
@@ -102,6 +108,8 @@ class Connection:
         self.loop = loop
         self.client = client
         self.peer = peer
+        self.source = source
+        self.evicted: str | None = None
         self.number = number
         self.upstream: socket.socket | None = None
         self.flows: tuple[Flow, ...] = ()
@@ -120,6 +128,7 @@ class Connection:
             if verdict is None:
                 return
             forward = verdict
+        owner.setup_finished(self)
         try:
             upstream = await self._connect()
         except (OSError, asyncio.TimeoutError) as exc:
@@ -128,12 +137,12 @@ class Connection:
             await self._unreachable(exc)
             return
         if not owner.serving:  # stop() ran while the last await completed
-            close_socket(upstream)
+            self._close_upstream(upstream)
             raise asyncio.CancelledError
         check = self._path.options.check_upstream
         problem = None if check is None else check(upstream)
         if problem is not None:
-            close_socket(upstream)
+            self._close_upstream(upstream)
             await self._upstream_refused(f"x11passthrough: {problem}")
             return
         self.upstream = upstream
@@ -182,9 +191,9 @@ class Connection:
         timeout = self._path.options.setup_timeout
         deadline = self.loop.time() + timeout
         while True:
-            if not self._owner.serving:
-                # Python 3.11's wait_for can turn a cancellation into a timeout; stop() has
-                # already changed the state, so end here rather than wait out the deadline.
+            if not self._owner.serving or self.evicted is not None:
+                # Python 3.11's wait_for can turn a cancellation into a timeout; stop() or an
+                # eviction has already said so, so end here rather than wait out the deadline.
                 raise asyncio.CancelledError
             remaining = deadline - self.loop.time()
             if remaining <= 0:
@@ -239,6 +248,7 @@ class Connection:
         self, family: int, proto: int, address: str | tuple[Any, ...], timeout: float
     ) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        self._path.fds += 1
         self.upstream = sock
         try:
             sock.setblocking(False)
@@ -253,10 +263,16 @@ class Connection:
                 await asyncio.wait_for(self.loop.sock_connect(sock, address), timeout)
         except BaseException:
             self.upstream = None
-            sock.close()
+            self._close_upstream(sock)
             raise
         self.upstream = None
         return sock
+
+    def _close_upstream(self, sock: socket.socket | None) -> None:
+        """Close an upstream socket this connection opened, and give its descriptor back."""
+        if sock is not None and sock.fileno() >= 0:
+            close_socket(sock)
+            self._path.fds -= 1
 
     async def _connect_unix(
         self, sock: socket.socket, address: str | tuple[Any, ...], timeout: float
@@ -352,6 +368,16 @@ class Connection:
         if all(f.finished for f in self.flows):
             self.close("both sides closed the connection")
 
+    def stalled(self, flow: Flow, timeout: float) -> None:
+        """Drop a client that stopped reading, before the X server buffers for it unbounded."""
+        self._path.counters.stalled += 1
+        reason = (
+            f"the client read nothing for {timeout:g} s with {flow.pending} bytes waiting; "
+            "dropped, or the X server would buffer its replies without bound"
+        )
+        logger.warning("relay connection #%d from %s: %s", self.number, self.peer, reason)
+        self.close(reason)
+
     def fail(self, reason: str) -> None:
         """Close the connection and count it as an error."""
         if not self.closed:
@@ -366,7 +392,8 @@ class Connection:
         for flow in self.flows:
             flow.detach()
         close_socket(self.client)
-        close_socket(self.upstream)
+        self._path.fds -= 1
+        self._close_upstream(self.upstream)
         self._path.counters.open -= 1
         self._owner.connection_closed(self)
         if logger.isEnabledFor(logging.DEBUG):

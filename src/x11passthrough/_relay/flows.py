@@ -49,6 +49,9 @@ class FlowOwner(Protocol):
     def fail(self, reason: str) -> None:
         """Close the connection as failed."""
 
+    def stalled(self, flow: Flow, timeout: float) -> None:
+        """`flow`'s receiver took nothing of its full backlog for `timeout` seconds."""
+
 
 class Flow:
     """One direction of a relayed connection: bytes from `src` to `dst`."""
@@ -69,6 +72,9 @@ class Flow:
         "_reading",
         "_sfd",
         "_src",
+        "_stall_mark",
+        "_stall_timeout",
+        "_stall_timer",
         "_writing",
         "finished",
         "pending",
@@ -100,6 +106,9 @@ class Flow:
         self._high = options.high_water
         self._low = options.low_water
         self._read_size = options.read_size
+        self._stall_timeout = 0.0 if up else options.stall_timeout
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stall_mark = 0
         self._reading = False
         self._writing = False
         self._eof = False
@@ -122,6 +131,9 @@ class Flow:
 
     def detach(self) -> None:
         """Unregister from the loop and forget the backlog (the connection is closing)."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._reading:
             self._reading = False
             self._loop.remove_reader(self._sfd)
@@ -150,6 +162,20 @@ class Flow:
         if self._reading:
             self._reading = False
             self._loop.remove_reader(self._sfd)
+        if self._stall_timeout and self._stall_timer is None and not self._eof:
+            self._stall_mark = self.sent
+            self._stall_timer = self._loop.call_later(self._stall_timeout, self._check_stall)
+
+    def _check_stall(self) -> None:
+        """Drop the client if it took nothing of a full backlog for `stall_timeout`."""
+        self._stall_timer = None
+        if self._reading or self._eof or self.finished:
+            return
+        if self.sent == self._stall_mark:
+            self._conn.stalled(self, self._stall_timeout)
+            return
+        self._stall_mark = self.sent
+        self._stall_timer = self._loop.call_later(self._stall_timeout, self._check_stall)
 
     def _resume(self) -> None:
         if not self._reading and not self._eof:

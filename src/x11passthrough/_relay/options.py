@@ -32,6 +32,7 @@ DEFAULT_READ_SIZE = 1024 * 1024
 DEFAULT_HIGH_WATER = 1024 * 1024
 DEFAULT_LOW_WATER = 256 * 1024
 DEFAULT_BUSY_POLL = 50e-6
+DEFAULT_STALL_TIMEOUT = 0.5
 
 
 def _setup_timeout(value: object) -> float:
@@ -52,6 +53,22 @@ def _read_size(value: object) -> int:
 
 def _allow(value: object) -> tuple[_validate.IPNetwork, ...] | None:
     return None if value is None else _validate.networks(value)
+
+
+def _max_pending(value: object) -> int:
+    return _validate.count(value, name="max_pending")
+
+
+def _max_pending_per_source(value: object) -> int:
+    return _validate.count(value, name="max_pending_per_source")
+
+
+def _fd_reserve(value: object) -> int | None:
+    return None if value is None else _validate.count(value, name="fd_reserve", minimum=0)
+
+
+def _stall_timeout(value: object) -> float:
+    return _validate.seconds(value, name="stall_timeout", allow_zero=True)
 
 
 def _busy_poll(value: object) -> float:
@@ -85,6 +102,15 @@ class RelayOptions:
         check_upstream: Called with every new connection to the display before anything is
             sent on it (e.g. to verify who owns the endpoint); a non-None result refuses the
             client with that reason, and the connection is closed unused.
+        max_pending: Most connections in their setup phase at once; at the limit the oldest
+            is dropped (see :mod:`.admission`).
+        max_pending_per_source: The same, per client address.
+        fd_reserve: Descriptors left to the host process below its soft ``RLIMIT_NOFILE``;
+            None keeps a quarter of the limit, at least 64.
+        stall_timeout: Seconds a client may take nothing from a full backlog of replies
+            before it is dropped; 0 never drops. Requests already queued keep the X server
+            producing replies while the relay holds back, and Xvfb 21.1.7 was seen to buffer
+            about 800 MB/s for such a client and to crash near 2 GB, so this is short.
         busy_poll: Seconds a relay that owns its event loop keeps polling after small
             exchanges before it sleeps; 0 disables it. This trades some CPU while clients
             are busy for less than half the added round-trip latency; an idle relay uses none.
@@ -102,6 +128,10 @@ class RelayOptions:
     read_size: int = attrs.field(default=DEFAULT_READ_SIZE, converter=_read_size)
     splice: bool = True
     allow: tuple[_validate.IPNetwork, ...] | None = attrs.field(default=None, converter=_allow)
+    max_pending: int = attrs.field(default=256, converter=_max_pending)
+    max_pending_per_source: int = attrs.field(default=64, converter=_max_pending_per_source)
+    fd_reserve: int | None = attrs.field(default=None, converter=_fd_reserve)
+    stall_timeout: float = attrs.field(default=DEFAULT_STALL_TIMEOUT, converter=_stall_timeout)
     busy_poll: float = attrs.field(default=DEFAULT_BUSY_POLL, converter=_busy_poll)
 
     @low_water.validator

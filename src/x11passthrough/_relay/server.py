@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 from ..exceptions import RelayError
+from .admission import Admission
 from .connection import Connection
 from .options import RelayOptions
 from .sockets import (
@@ -87,8 +88,10 @@ class Relay:
         self.connections: set[Connection] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._state: Literal["new", "serving", "stopped"] = "new"
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[Connection, asyncio.Task[None]] = {}
         self._paused: set[socket.socket] = set()
+        self._budget_paused = False
+        self.admission = Admission(self.options)
 
     def __repr__(self) -> str:
         return f"<Relay {self._state} -> {self.upstream}>"
@@ -161,7 +164,7 @@ class Relay:
         self.close_listeners()
         # Connections in their setup phase end when their task is cancelled; the tasks must
         # end before their sockets close, so that no pending socket operation outlives its fd.
-        tasks = list(self._tasks)
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         if tasks:
@@ -188,8 +191,18 @@ class Relay:
     ) -> None:
         await self.stop()
 
+    def _fds_in_use(self) -> int:
+        return self.path.fds + 2 * self.path.pipes_open
+
     def _on_acceptable(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
+            # A new client may need two descriptors (its own and the display's), and a pipe.
+            if self._fds_in_use() + 4 > self.admission.budget:
+                victim = self.admission.oldest_pending()
+                if victim is None:
+                    self._pause_for_budget(loop)
+                    return
+                self._evict(victim, "the relay is at its descriptor budget")
             try:
                 client, address = listener.accept()
             except _RETRY:
@@ -220,6 +233,42 @@ class Relay:
 
         loop.call_later(ACCEPT_BACKOFF, resume)
 
+    def _pause_for_budget(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop accepting until a connection closes: the descriptor budget is used up."""
+        if self._budget_paused:
+            return
+        self._budget_paused = True
+        for listener in self.listeners:
+            if listener.fileno() >= 0 and listener not in self._paused:
+                loop.remove_reader(listener.fileno())
+        logger.warning(
+            "relay at its descriptor budget (%d of the process's limit, the rest is kept for "
+            "the host process); new clients wait until one leaves",
+            self.admission.budget,
+        )
+
+    def _resume_after_budget(self) -> None:
+        loop = self.loop
+        if not self._budget_paused or loop is None or self._state != "serving":
+            return
+        if self._fds_in_use() + 4 > self.admission.budget:
+            return
+        self._budget_paused = False
+        for listener in self.listeners:
+            if listener.fileno() >= 0 and listener not in self._paused:
+                loop.add_reader(listener.fileno(), self._on_acceptable, loop, listener)
+
+    def _evict(self, connection: Connection, reason: str) -> None:
+        """Drop a pending connection now (its setup phase is cancelled)."""
+        self.admission.done(connection, connection.source)
+        self.path.counters.rejected += 1
+        connection.evicted = reason
+        task = self._tasks.get(connection)
+        if task is not None:
+            task.cancel()
+        else:  # pragma: no cover - every connection gets its task at once
+            connection.close(reason)
+
     def _admit(
         self, loop: asyncio.AbstractEventLoop, client: socket.socket, address: object
     ) -> None:
@@ -238,9 +287,18 @@ class Relay:
             self.path.counters.errors += 1
             client.close()
             return
+        source = address[0] if client.family in TCP_FAMILIES and isinstance(address, tuple) else ""
+        admit, victim = self.admission.room_for(source)
+        if victim is not None:
+            self._evict(victim, "too many connections of this source are in their setup")
+        if not admit:
+            self.path.counters.rejected += 1
+            client.close()
+            return
         counters = self.path.counters
         counters.open += 1
         counters.total += 1
+        self.path.fds += 1
         peer = describe_address(client, address)
         conn = Connection(
             self,
@@ -249,21 +307,32 @@ class Relay:
             client,
             target=self.upstream,
             peer=peer,
+            source=source or "local clients",
             number=counters.total,
         )
         self.connections.add(conn)
+        self.admission.add(conn, conn.source)
         task = loop.create_task(self._run(conn))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[conn] = task
+        task.add_done_callback(lambda _task: self._tasks.pop(conn, None))
 
     def connection_closed(self, connection: Connection) -> None:
         """Forget a connection that closed."""
         self.connections.discard(connection)
+        self.admission.done(connection, connection.source)
+        self._resume_after_budget()
+
+    def setup_finished(self, connection: Connection) -> None:
+        """Stop counting a connection that passed its setup phase as pending."""
+        self.admission.done(connection, connection.source)
 
     async def _run(self, conn: Connection) -> None:
         try:
             await conn.establish()
         except asyncio.CancelledError:
+            if conn.evicted is not None and self._state == "serving":
+                conn.close(conn.evicted)  # only this connection ends
+                return
             conn.close("the relay stopped")
             raise
         except Exception as exc:  # pragma: no cover - a bug; keep serving the others

@@ -26,6 +26,8 @@ class RelayStats:
         rejected: Connections refused before anything was forwarded: the client's address is
             not in ``allow``, the setup filter rejected them, or the client did not finish its
             setup within ``setup_timeout``.
+        stalled: Connections dropped because the client stopped reading while the X server
+            had replies for it (see ``stall_timeout``).
         bytes_buffered: Bytes read from one side and not yet written to the other, now.
         bytes_buffered_peak: The highest ``bytes_buffered`` seen.
 
@@ -38,6 +40,7 @@ class RelayStats:
     bytes_down: int = 0
     errors: int = 0
     rejected: int = 0
+    stalled: int = 0
     bytes_buffered: int = 0
     bytes_buffered_peak: int = 0
 
@@ -62,11 +65,12 @@ class Counters:
         "errors",
         "open",
         "rejected",
+        "stalled",
         "total",
     )
 
     def __init__(self) -> None:
-        self.open = self.total = self.errors = self.rejected = 0
+        self.open = self.total = self.errors = self.rejected = self.stalled = 0
         self.bytes_up = self.bytes_down = self.buffered = self.buffered_peak = 0
 
     def snapshot(self) -> RelayStats:
@@ -77,6 +81,7 @@ class Counters:
             bytes_down=self.bytes_down,
             errors=self.errors,
             rejected=self.rejected,
+            stalled=self.stalled,
             bytes_buffered=self.buffered,
             bytes_buffered_peak=self.buffered_peak,
         )
@@ -90,11 +95,13 @@ class DataPath:
     reaches up into it. Strictly private; used on the relay's event loop only.
     """
 
-    __slots__ = ("activity", "counters", "options", "pipes_open", "scratch")
+    __slots__ = ("activity", "counters", "fds", "options", "pipes_open", "scratch")
 
     def __init__(self, options: RelayOptions) -> None:
         self.options = options
         self.counters = Counters()
         self.activity = Activity()
         self.pipes_open = 0
+        #: Client and upstream sockets open now (each splice pipe holds two more).
+        self.fds = 0
         self.scratch = memoryview(b"")

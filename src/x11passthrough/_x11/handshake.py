@@ -2,9 +2,9 @@
 One X11 connection setup on a socket of ours: the host-side check at start, and the keeper.
 
 Strictly private. python-xlib would do the setup too, but its ``Display`` then lists and queries
-every extension (measured on Xvfb 21.1.7: see the benchmarks' ``bench_passthrough``); a start
-needs only the setup's verdict, so this sends the request and reads the reply with the codec of
-:mod:`.wire`.
+every extension: 3.7 ms for ``Display()`` and close against 0.053 ms for the setup alone
+(medians of 50 on Xvfb 21.1.7, a 2-core VM). A start needs only the setup's verdict, so this
+sends the request and reads the reply with the codec of :mod:`.wire`.
 """
 
 from __future__ import annotations

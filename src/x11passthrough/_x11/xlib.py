@@ -19,6 +19,10 @@ of python-xlib 0.33 shape this module:
   second server with other extension opcodes corrupts them (``TypeError: 'type' object
   does not support item assignment``, seen with two Xvfb servers, one without SECURITY).
   Displays opened here get tables of their own.
+* python-xlib's RANDR module registers its errors at codes 0 to 2 on servers whose RANDR
+  reports no error base (Xvfb 21.1.7), shadowing core BadRequest and BadValue: such an error
+  then raises ``AttributeError`` inside python-xlib. Displays opened here get the core error
+  classes back after the extensions are set up.
 * python-xlib has no timeouts: a server that accepts and never answers blocks it forever.
   :func:`deadline` bounds a call by shutting the socket down from a timer, which makes the
   blocked read return and python-xlib raise.
@@ -156,7 +160,7 @@ def open_display(
     _override.value = (sock, auth_name, auth_data)
     try:
         with deadline(sock, timeout, what):
-            return Xlib.display.Display(f":{number}")
+            display = Xlib.display.Display(f":{number}")
     except Xlib.error.DisplayConnectionError as e:
         sock.close()
         reason = (e.msg.decode("latin-1") if isinstance(e.msg, bytes) else str(e.msg)).strip()
@@ -172,3 +176,5 @@ def open_display(
         raise
     finally:
         _override.value = None
+    display.display.error_classes.update(Xlib.error.xerror_class)
+    return display

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, overload
@@ -18,7 +19,15 @@ import attrs
 from .._x11.wire import MIT_MAGIC_COOKIE_1
 from ..exceptions import XauthorityError
 from .files import LOCK_DEAD, LOCK_RETRIES, LOCK_WAIT, path_text, write_atomically, xauthority_lock
-from .format import XauthEntry, dump, name_bytes, number_bytes, parse
+from .format import (
+    XauthEntry,
+    damage_message,
+    dump,
+    name_bytes,
+    number_bytes,
+    parse,
+    parse_prefix,
+)
 from .match import best_entry, check_query, peer_family_address
 
 
@@ -54,6 +63,63 @@ def default_path(*, environ: Mapping[str, str] | None = None) -> str:
     if home == "/":
         return "/.Xauthority"
     return home + "/.Xauthority"
+
+
+#: The largest authority file :meth:`Xauthority.load` reads (a real one is a few KiB; 10,000
+#: entries take about 620 KiB).
+MAX_FILE_SIZE = 16 * 1024 * 1024
+
+
+def _read_regular_file(path: str) -> bytes | None:
+    """Read a regular file without blocking on FIFOs or devices; None when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None
+    except PermissionError as exc:
+        raise XauthorityError(
+            f"cannot read the Xauthority file {path}: permission denied; it should belong "
+            "to you with mode 0600 (fix with chown/chmod), or set XAUTHORITY to a file "
+            "you can read"
+        ) from exc
+    except OSError as exc:
+        raise XauthorityError(
+            f"cannot read the Xauthority file {path}: {exc.strerror or exc}; set "
+            "XAUTHORITY to the authority file itself"
+        ) from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            raise XauthorityError(
+                f"cannot read the Xauthority file {path}: it is {kind}; set XAUTHORITY to "
+                "the authority file itself"
+            )
+        if info.st_size > MAX_FILE_SIZE:
+            raise XauthorityError(
+                f"the Xauthority file {path} is {info.st_size} bytes long, more than any "
+                f"authority file ({MAX_FILE_SIZE} bytes at most); set XAUTHORITY to the "
+                "right file"
+            )
+        chunks = []
+        while chunk := os.read(fd, MAX_FILE_SIZE + 1):
+            chunks.append(chunk)
+    except OSError as exc:
+        raise XauthorityError(
+            f"cannot read the Xauthority file {path}: {exc.strerror or exc}"
+        ) from exc
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (a named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def _to_tuple(entries: Iterable[XauthEntry]) -> tuple[XauthEntry, ...]:
@@ -142,7 +208,10 @@ class Xauthority(Sequence[XauthEntry]):
         Read an Xauthority file.
 
         Like libXau and xauth, a file that does not exist has no entries, and so does the
-        empty path (``XAUTHORITY=""``, which makes libXau use no authority file).
+        empty path (``XAUTHORITY=""``, which makes libXau use no authority file). Like them, a
+        file whose end is damaged gives the records before the damage (with a warning).
+        Only regular files are read, and at most :data:`MAX_FILE_SIZE` bytes: a FIFO, a device
+        or a huge file is refused at once instead of blocking or filling memory.
 
         Args:
             path: The file; by default :func:`default_path`.
@@ -151,37 +220,23 @@ class Xauthority(Sequence[XauthEntry]):
             The entries.
 
         Raises:
-            XauthorityError: When the default path cannot be determined, the file cannot be
-                read (e.g. permission denied, a directory), or its contents are malformed;
-                the message names the path.
+            XauthorityError: When the default path cannot be determined, or the file cannot be
+                read (e.g. permission denied, a directory, a FIFO); the message names the
+                path.
         """
         text = default_path() if path is None else path_text(path)
         if not text:
             logger.debug("Xauthority path is empty (XAUTHORITY=''): no authority entries")
             return cls()
-        try:
-            with open(text, "rb") as file:
-                data = file.read()
-        except FileNotFoundError:
+        data = _read_regular_file(text)
+        if data is None:
             logger.debug("Xauthority file %s does not exist: no authority entries", text)
             return cls()
-        except PermissionError as exc:
-            raise XauthorityError(
-                f"cannot read the Xauthority file {text}: permission denied; it should belong "
-                "to you with mode 0600 (fix with chown/chmod), or set XAUTHORITY to a file "
-                "you can read"
-            ) from exc
-        except OSError as exc:
-            raise XauthorityError(
-                f"cannot read the Xauthority file {text}: {exc.strerror or exc}; set "
-                "XAUTHORITY to the authority file itself"
-            ) from exc
-        try:
-            result = cls.loads(data)
-        except XauthorityError as exc:
-            raise XauthorityError(f"{text}: {exc}") from None
-        logger.debug("read %d Xauthority entries from %s", len(result), text)
-        return result
+        entries, damaged = parse_prefix(data)
+        if damaged:
+            logger.warning("%s: %s", text, damage_message(len(entries), len(data)))
+        logger.debug("read %d Xauthority entries from %s", len(entries), text)
+        return cls(entries)
 
     def dumps(self) -> bytes:
         """

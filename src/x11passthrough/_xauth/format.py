@@ -178,45 +178,27 @@ class XauthEntry:
     data: bytes = attrs.field(validator=_check_bytes, repr=hidden)
 
 
-def damage(data: bytes) -> XauthorityError:
-    """Walk `data` carefully and describe where it stops being well-formed."""
-    size = len(data)
-    pos = 0
-    index = 0
-    while pos < size:
-        start = pos
-        steps: list[tuple[str, int | None]] = [("family", 2)]
-        for field in ("address", "number", "name", "data"):
-            steps += [(f"{field} length", 2), (field, None)]
-        length = 0
-        for what, need in steps:
-            count = length if need is None else need
-            if size - pos < count:
-                fix = f", or cut it to its first {start} bytes" if start else ""
-                return XauthorityError(
-                    f"Xauthority data is truncated: record {index} (which starts at byte offset "
-                    f"{start}) needs {count} bytes for its {what} at byte offset {pos}, but the "
-                    f"data ends at byte offset {size}. The file is damaged (libXau would "
-                    f"silently ignore record {index} and everything after it); recreate it "
-                    f"(e.g. with xauth){fix}"
-                )
-            if need is not None and what != "family":
-                length = data[pos] << 8 | data[pos + 1]
-            pos += count
-        index += 1
-    return XauthorityError("Xauthority data is malformed")  # pragma: no cover - not reached
-
-
-def parse(data: bytes) -> tuple[XauthEntry, ...]:
+def damage_message(intact: int, size: int) -> str:
     """
-    Parse the records of an Xauthority file.
+    Describe damaged data by what is safe to say: no length or offset read from the data.
 
-    The loop has no bounds checks: a record that runs past the end either raises IndexError
-    when a length field is read, or leaves the position past the end; both are then described
-    precisely by :func:`damage`.
+    After a damaged length, the parser reads cookie bytes as lengths; quoting those numbers
+    would quote the cookie.
+    """
+    return (
+        f"the Xauthority data ({size} bytes) is damaged: record {intact} is cut short or "
+        f"garbled; the {intact} record(s) before it are intact (libXau and xauth use those "
+        "and silently ignore the rest). Recreate the file, e.g. with xauth"
+    )
 
-    Raises:
-        XauthorityError: The data is truncated or has trailing bytes.
+
+def parse_prefix(data: bytes) -> tuple[tuple[XauthEntry, ...], bool]:
+    """
+    Parse the records of an Xauthority file as far as they are well-formed.
+
+    Returns:
+        The intact records, and whether anything after them was damaged (libXau's
+        ``XauReadAuth`` stops at the first short record the same way).
     """
     entries: list[XauthEntry] = []
     append = entries.append
@@ -227,20 +209,31 @@ def parse(data: bytes) -> tuple[XauthEntry, ...]:
             family = data[pos] << 8 | data[pos + 1]
             end = pos + 4 + (data[pos + 2] << 8 | data[pos + 3])
             address = data[pos + 4 : end]
-            pos = end + 2 + (data[end] << 8 | data[end + 1])
-            number = data[end + 2 : pos]
-            end = pos + 2 + (data[pos] << 8 | data[pos + 1])
-            name = data[pos + 2 : end]
-            pos = end + 2 + (data[end] << 8 | data[end + 1])
-            record = data[end + 2 : pos]
-            if pos > size:
-                break
-            append(XauthEntry(family, address, number, name, record))
+            after = end + 2 + (data[end] << 8 | data[end + 1])
+            number = data[end + 2 : after]
+            end = after + 2 + (data[after] << 8 | data[after + 1])
+            name = data[after + 2 : end]
+            after = end + 2 + (data[end] << 8 | data[end + 1])
+            if after > size:
+                return tuple(entries), True
+            append(XauthEntry(family, address, number, name, data[end + 2 : after]))
+            pos = after
     except IndexError:
-        raise damage(data) from None
-    if pos != size:
-        raise damage(data)
-    return tuple(entries)
+        return tuple(entries), True
+    return tuple(entries), False
+
+
+def parse(data: bytes) -> tuple[XauthEntry, ...]:
+    """
+    Parse the records of an Xauthority file, all of them.
+
+    Raises:
+        XauthorityError: The data is damaged (a record is cut short, or bytes trail).
+    """
+    entries, damaged = parse_prefix(data)
+    if damaged:
+        raise XauthorityError(damage_message(len(entries), len(data)))
+    return entries
 
 
 _pack_head = struct.Struct(">HH").pack

@@ -1,0 +1,135 @@
+"""
+Another local user squats an X endpoint: the real cookie must never reach it.
+
+The squatter is a real process of the second local user ``x11pt``. On a desktop the X server
+does not listen on TCP, so anyone may bind ``127.0.0.1:6000+N`` (or the abstract socket) first.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from collections.abc import Iterator
+
+import pytest
+
+from x11passthrough import X11Passthrough
+from x11passthrough.display import DisplayLocator, Endpoint
+from x11passthrough.exceptions import DisplayOwnerError
+from x11passthrough.xauth import Xauthority
+
+from infra.users import OTHER_USER, Squatter, free_display, other_user
+from infra.xvfb import XServer
+
+
+RANGE = range(1200, 1300)
+MIT = b"MIT-MAGIC-COOKIE-1"
+
+
+@pytest.fixture(name="squatters")
+def _squatters() -> Iterator[list[Squatter]]:
+    made: list[Squatter] = []
+    yield made
+    for squatter in made:
+        squatter.close()
+
+
+def squat(squatters: list[Squatter], kind: str, address: str) -> Squatter:
+    squatter = Squatter(kind, address)
+    squatters.append(squatter)
+    return squatter
+
+
+def passthrough(server: XServer, display: str | None = None, **options: object) -> X11Passthrough:
+    options.setdefault("bind", ["127.0.0.1"])
+    options.setdefault("display_range", RANGE)
+    return X11Passthrough(display or server.display, server.xauthority, **options)  # type: ignore[arg-type]
+
+
+def setup_request(cookie: bytes) -> bytes:
+    return struct.pack("<BxHHHH2x", 0x6C, 11, 0, len(MIT), len(cookie)) + MIT + b"\0\0" + cookie
+
+
+def session_client(args_display: str, args_file: object) -> bytes:
+    """Connect to the relay with the session cookie and return the server's first 8 bytes."""
+    assert args_file is not None
+    cookie = Xauthority.load(args_file)[0].data  # type: ignore[arg-type]
+    port = 6000 + int(args_display.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(setup_request(cookie))
+        data = b""
+        while len(data) < 8:
+            chunk = s.recv(8 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        reason = b""
+        if data[:1] == b"\0" and len(data) == 8:
+            reason = s.recv(data[1] + 4)[: data[1]]
+    return data + reason
+
+
+def test_a_tcp_squatter_next_to_a_socket_server_gets_nothing(
+    xvfb: XServer, squatters: list[Squatter]
+) -> None:
+    """:N with the server on its socket only: the squatter on 6000+N is never contacted."""
+    squatter = squat(squatters, "tcp", f"127.0.0.1:{xvfb.tcp_port}")
+    with passthrough(xvfb) as args:
+        assert session_client(args.display, args.xauthority)[0] == 1  # Success
+    report = squatter.report()
+    assert (report.connections, report.received) == (0, b"")
+
+
+@pytest.mark.parametrize("kind", ["tcp", "abstract"])
+def test_only_a_squatter_answers_and_no_cookie_is_sent(
+    xvfb: XServer, squatters: list[Squatter], kind: str
+) -> None:
+    """With nothing of ours at :N, a squatter's endpoint is refused, naming it and its owner."""
+    number = free_display()
+    address = f"127.0.0.1:{6000 + number}" if kind == "tcp" else f"/tmp/.X11-unix/X{number}"
+    squatter = squat(squatters, kind, address)
+    with pytest.raises(DisplayOwnerError) as info:
+        passthrough(xvfb, f":{number}").start()
+    message = str(info.value)
+    endpoint = f"tcp:localhost:{6000 + number}" if kind == "tcp" else f"abstract:@{address}"
+    assert endpoint in message
+    assert f"uid {squatter.uid} ({OTHER_USER})" in message
+    report = squatter.report()
+    assert report.connections == 1
+    assert report.received == b""
+
+
+def test_an_explicit_tcp_display_owned_by_another_user_is_refused(
+    xvfb: XServer, squatters: list[Squatter]
+) -> None:
+    """localhost:N is TCP only; a listener of another user there gets no cookie."""
+    number = free_display()
+    squatter = squat(squatters, "tcp", f"127.0.0.1:{6000 + number}")
+    with pytest.raises(DisplayOwnerError, match=f"uid {squatter.uid}"):
+        passthrough(xvfb, f"127.0.0.1:{number}").start()
+    assert squatter.report().received == b""
+
+
+def test_trusted_owners_admits_a_shared_server(xvfb: XServer, squatters: list[Squatter]) -> None:
+    """A user who shares an X server on purpose is trusted only when named."""
+    user = other_user()
+    number = free_display()
+    squat(squatters, "tcp", f"127.0.0.1:{6000 + number}")
+    locator = DisplayLocator(trusted_owners={0, user.pw_uid})
+    assert locator.locate(f"127.0.0.1:{number}") == Endpoint.tcp("127.0.0.1", 6000 + number)
+
+
+def test_every_relay_connection_is_checked(xvfb_tcp: XServer, squatters: list[Squatter]) -> None:
+    """A squatter who takes the port after start gets no cookie: the client is refused."""
+    with passthrough(xvfb_tcp, f"localhost:{xvfb_tcp.number}") as args:
+        assert session_client(args.display, args.xauthority)[0] == 1
+        xvfb_tcp.stop()
+        squatter = squat(squatters, "tcp", f"127.0.0.1:{xvfb_tcp.tcp_port}")
+        reply = session_client(args.display, args.xauthority)
+        assert reply[0] == 0  # Failed
+        assert f"uid {squatter.uid} ({OTHER_USER})".encode() in reply
+        report = squatter.report()
+    assert report.received == b""
+    assert report.connections >= 1
+    assert args.display  # the passthrough stayed up; only that client was refused
