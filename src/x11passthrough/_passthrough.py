@@ -27,7 +27,7 @@ from types import TracebackType
 
 import attrs
 
-from . import _netinfo, _session
+from . import _engine, _netinfo, _session
 from ._args import DEFAULT_CONTAINER_XAUTHORITY, DockerRunArgs
 from ._cleanup import Cleanup
 from ._display._endpoint import Endpoint
@@ -378,15 +378,16 @@ class X11Passthrough:
         xauthority = None
         if container_cookie:
             xauthority = self._write_session_file(number, container_cookie, cleanup)
-        allow: tuple[IPNetwork, ...] | None = opts.allow
+        allow = opts.allow
+        refresh_allow = None
         if allow is None:
-            allow = tuple(_netinfo.networks_for([str(a) for a in bind])) or None
-            if allow is None:
-                logger.warning(
-                    "no container network found to restrict relay clients to; any host that "
-                    "reaches port %d may connect (the session cookie still guards it)",
-                    6000 + number,
-                )
+
+            def refresh_allow() -> tuple[IPNetwork, ...]:
+                # Facts, not names: the bound networks, this host's own addresses (its
+                # processes and --network host containers), and every engine network.
+                return tuple(dict.fromkeys([*_netinfo.networks_for(bind), *_engine.networks()]))
+
+            allow = refresh_allow()
         args = DockerRunArgs(
             display=f"{opts.host_alias}:{number}",
             xauthority=xauthority,
@@ -411,6 +412,7 @@ class X11Passthrough:
                 stall_timeout=opts.stall_timeout,
                 connect_timeout=opts.connect_timeout,
                 allow=allow,
+                refresh_allow=refresh_allow,
             ),
             args=args,
         )

@@ -55,6 +55,9 @@ class ConnectionOwner(Protocol):
     def connection_closed(self, connection: Connection) -> None:
         """Forget `connection`, which closed."""
 
+    async def admits(self, connection: Connection) -> bool:
+        """Tell whether `connection`'s address is allowed, after refreshing the networks."""
+
     def setup_finished(self, connection: Connection) -> None:
         """Count `connection` as past its setup phase: no longer an unauthenticated one."""
 
@@ -76,6 +79,7 @@ class Connection:
         "_owner",
         "_path",
         "_target",
+        "address",
         "client",
         "closed",
         "evicted",
@@ -87,6 +91,7 @@ class Connection:
         "received",
         "source",
         "started",
+        "unverified",
         "upstream",
     )
 
@@ -108,6 +113,8 @@ class Connection:
         self.loop = loop
         self.client = client
         self.peer = peer
+        self.address: object = None
+        self.unverified = False
         self.source = source
         self.evicted: str | None = None
         self.number = number
@@ -121,6 +128,9 @@ class Connection:
     async def establish(self) -> None:
         """Run the setup filter (if any), connect upstream and start relaying."""
         owner = self._owner
+        if self.unverified and not await owner.admits(self):
+            await self._refuse_unknown()
+            return
         setup_filter = self._path.options.setup_filter
         forward = b""
         if setup_filter is not None:
@@ -302,19 +312,34 @@ class Connection:
         )
         await self._upstream_refused(reason)
 
+    async def _refuse_unknown(self) -> None:
+        """Refuse a client whose address is in no allowed network, saying how to admit it."""
+        self._path.counters.rejected += 1
+        reason = (
+            f"x11passthrough: clients from {self.source} are not admitted (their address is "
+            "in none of the container networks)"
+        )
+        logger.warning(
+            "relay refused %s: not in the allowed client networks; the passthrough's allow= "
+            "option (x11passthrough --allow) admits more",
+            self.peer,
+        )
+        await self._refuse(reason, await self._first_bytes())
+
+    async def _first_bytes(self) -> bytes:
+        """Return what the client sent first (its byte order), waiting a moment for it."""
+        if self.received:
+            return self.received
+        try:
+            return await asyncio.wait_for(self.loop.sock_recv(self.client, 65536), FIRST_BYTE_WAIT)
+        except (OSError, asyncio.TimeoutError):
+            return b""
+
     async def _upstream_refused(self, reason: str) -> None:
         """Answer Failed with `reason` (the display cannot serve this client); count an error."""
         self._path.counters.errors += 1
         logger.warning("%s (connection #%d from %s)", reason, self.number, self.peer)
-        received = self.received
-        if not received:
-            try:
-                received = await asyncio.wait_for(
-                    self.loop.sock_recv(self.client, 65536), FIRST_BYTE_WAIT
-                )
-            except (OSError, asyncio.TimeoutError):
-                received = b""
-        await self._refuse(reason, received)
+        await self._refuse(reason, await self._first_bytes())
 
     async def _refuse(self, reason: str, received: bytes, *, reply: bytes | None = None) -> None:
         """Answer the client with an X11 "Failed" reply (if it sent anything), then close."""

@@ -96,9 +96,12 @@ class RelayOptions:
             server refills it.
         splice: On Linux, move the bytes that arrive on TCP sockets with ``os.splice``
             through a pipe, so they never enter user space. False always copies.
-        allow: Client networks to accept TCP connections from; anyone else is refused at
-            once, before a byte is forwarded or the display contacted. None accepts every
-            client.
+        allow: Client networks to accept TCP connections from; anyone else is refused with an
+            X11 "Failed" reply, before a byte is forwarded or the display contacted. None
+            accepts every client.
+        refresh_allow: Returns the current client networks (for example the engine's, which
+            grow when a network is created); called, at most once a second and off the event
+            loop, when a client from an unknown address connects, before it is refused.
         check_upstream: Called with every new connection to the display before anything is
             sent on it (e.g. to verify who owns the endpoint); a non-None result refuses the
             client with that reason, and the connection is closed unused.
@@ -128,6 +131,9 @@ class RelayOptions:
     read_size: int = attrs.field(default=DEFAULT_READ_SIZE, converter=_read_size)
     splice: bool = True
     allow: tuple[_validate.IPNetwork, ...] | None = attrs.field(default=None, converter=_allow)
+    refresh_allow: Callable[[], tuple[_validate.IPNetwork, ...]] | None = attrs.field(
+        default=None, eq=False
+    )
     max_pending: int = attrs.field(default=256, converter=_max_pending)
     max_pending_per_source: int = attrs.field(default=64, converter=_max_pending_per_source)
     fd_reserve: int | None = attrs.field(default=None, converter=_fd_reserve)

@@ -10,10 +10,11 @@ import asyncio
 import logging
 import socket
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
+from .._validate import IPNetwork
 from ..exceptions import RelayError
 from .admission import Admission
 from .connection import Connection
@@ -41,6 +42,8 @@ logger = logging.getLogger("x11passthrough")
 ACCEPT_BATCH = 64
 #: Pause of a listener after the process ran out of file descriptors.
 ACCEPT_BACKOFF = 0.1
+#: Least seconds between two refreshes of the allowed networks (unknown clients trigger them).
+REFRESH_EVERY = 1.0
 _RETRY = (BlockingIOError, InterruptedError)
 
 
@@ -92,6 +95,9 @@ class Relay:
         self._paused: set[socket.socket] = set()
         self._budget_paused = False
         self.admission = Admission(self.options)
+        self.allow = self.options.allow
+        self._refreshed = -REFRESH_EVERY
+        self._refreshing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Relay {self._state} -> {self.upstream}>"
@@ -272,12 +278,7 @@ class Relay:
     def _admit(
         self, loop: asyncio.AbstractEventLoop, client: socket.socket, address: object
     ) -> None:
-        allow = self.options.allow
-        if allow is not None and not allowed(client, address, allow):
-            self.path.counters.rejected += 1
-            logger.info("relay refused %s: not in the allowed client networks", address)
-            client.close()
-            return
+        unverified = self.allow is not None and not allowed(client, address, self.allow)
         try:
             client.setblocking(False)
             if client.family in TCP_FAMILIES:
@@ -310,6 +311,8 @@ class Relay:
             source=source or "local clients",
             number=counters.total,
         )
+        conn.address = address
+        conn.unverified = unverified
         self.connections.add(conn)
         self.admission.add(conn, conn.source)
         task = loop.create_task(self._run(conn))
@@ -321,6 +324,27 @@ class Relay:
         self.connections.discard(connection)
         self.admission.done(connection, connection.source)
         self._resume_after_budget()
+
+    async def admits(self, connection: Connection) -> bool:
+        """Check `connection`'s address again, after refreshing the networks if due."""
+        refresh = self.options.refresh_allow
+        if refresh is not None:
+            loop = asyncio.get_running_loop()
+            if self._refreshing is None and loop.time() - self._refreshed >= REFRESH_EVERY:
+                self._refreshed = loop.time()
+                self._refreshing = asyncio.ensure_future(self._refresh(refresh))
+            if self._refreshing is not None:
+                await asyncio.shield(self._refreshing)
+        allow = self.allow
+        return allow is None or allowed(connection.client, connection.address, allow)
+
+    async def _refresh(self, refresh: Callable[[], tuple[IPNetwork, ...]]) -> None:
+        try:
+            self.allow = await asyncio.get_running_loop().run_in_executor(None, refresh)
+        except Exception:  # the engine is not needed to serve known clients
+            logger.warning("cannot refresh the allowed client networks", exc_info=True)
+        finally:
+            self._refreshing = None
 
     def setup_finished(self, connection: Connection) -> None:
         """Stop counting a connection that passed its setup phase as pending."""
