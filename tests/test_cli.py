@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -99,3 +100,60 @@ def test_cli_errors_are_short_and_actionable(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("x11passthrough: error: DISPLAY is not set")
     assert "Traceback" not in result.stderr
+
+
+# The wrapped command: reports its session file, then waits; on a signal it says which.
+WAITER = textwrap.dedent(
+    """
+    import signal, sys, time
+    argv = sys.argv[1:]
+    volume = argv[argv.index("--volume") + 1].split(":")[0]
+    def on_signal(signum, frame):
+        print("got", signum, flush=True)
+        sys.exit(128 + signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    print(volume, flush=True)
+    while True:
+        time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_cli_run_passes_signals_on_and_cleans_up(
+    xvfb: XServer, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A signal to `run` reaches the command; the session directory is gone; 128+N."""
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "x11passthrough",
+            "--display",
+            xvfb.display,
+            "--xauthority",
+            str(xvfb.xauthority),
+            "--bind",
+            "127.0.0.1",
+            "--host-dir",
+            str(tmp_path),
+            "run",
+            "--",
+            sys.executable,
+            "-c",
+            WAITER,
+            "{x11}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert cli.stdout is not None
+    session = Path(cli.stdout.readline().strip())
+    assert session.exists()
+    cli.send_signal(sig)
+    assert cli.stdout.readline().strip() == f"got {int(sig)}"
+    assert cli.wait(30) == 128 + sig
+    cli.stdout.close()
+    assert not session.parent.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
 
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from x11passthrough.display import DisplayLocator, Endpoint
 from x11passthrough.exceptions import DisplayOwnerError
 from x11passthrough.xauth import Xauthority
 
+from infra.processes import wait_until
 from infra.users import OTHER_USER, Squatter, free_display, other_user
 from infra.xvfb import XServer
 
@@ -133,3 +135,55 @@ def test_every_relay_connection_is_checked(xvfb_tcp: XServer, squatters: list[Sq
     assert report.received == b""
     assert report.connections >= 1
     assert args.display  # the passthrough stayed up; only that client was refused
+
+
+CONTAINER_SQUATTER = """
+import socket, sys
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", int(sys.argv[1])))
+listener.listen(8)
+print("listening", flush=True)
+while True:
+    client, _ = listener.accept()
+    print("accepted", flush=True)
+    while data := client.recv(65536):
+        print("received", len(data), flush=True)
+    client.close()
+"""
+
+
+@pytest.mark.e2e
+def test_a_host_network_container_squatting_the_port_gets_no_cookie(
+    xvfb: XServer, x11_image: str
+) -> None:
+    """uid 65534 in a --network host container binds 6000+N first: refused, nothing sent."""
+    number = free_display()
+    name = f"x11pt-squat-{number}"
+    started = subprocess.run(
+        [
+            *("docker", "run", "-d", "--rm", "--name", name, "--network", "host"),
+            *("--user", "65534:65534", x11_image, "python3", "-c", CONTAINER_SQUATTER),
+            str(6000 + number),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert started.stdout.strip()
+    try:
+        wait_until(
+            lambda: "listening" in container_log(name), "the squatter to listen", timeout=30
+        )
+        with pytest.raises(DisplayOwnerError, match=r"belongs to uid 65534"):
+            passthrough(xvfb, f"localhost:{number}").start()
+        log = container_log(name)
+        assert "accepted" in log
+        assert "received" not in log
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+
+
+def container_log(name: str) -> str:
+    done = subprocess.run(["docker", "logs", name], capture_output=True, text=True, check=False)
+    return done.stdout + done.stderr

@@ -16,13 +16,11 @@ import json
 import logging
 import os
 import shlex
-import signal
-import subprocess
 import sys
-import threading
 
 from collections.abc import Sequence
 
+from . import _child
 from ._args import DockerRunArgs
 from ._passthrough import X11Passthrough
 from .exceptions import X11PassthroughError
@@ -105,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if command:
             with passthrough as args:
-                return subprocess.call(splice(command, args))
+                return _child.run(splice(command, args))
         with passthrough as args:
             if opts.format == "json":
                 print(json.dumps(args.docker_py(), indent=2))
@@ -114,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(shlex.join(args))
             sys.stdout.flush()
-            _wait_for_signal()
+            return 128 + _child.wait_for_signal()
     except X11PassthroughError as e:
         print(f"x11passthrough: error: {e}", file=sys.stderr)
         return 2
@@ -122,9 +120,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     return 0
 
-
-def _wait_for_signal() -> None:
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
