@@ -38,6 +38,7 @@ from infra.relay_peers import (
     connect,
     echo,
     open_fds,
+    parse_failed,
     prefix_filter,
     recv_all,
     recv_exactly,
@@ -111,19 +112,23 @@ def test_a_thousand_concurrent_connections(relay_factory: Callable[..., RelayThr
     assert (stats.connections_total, stats.errors, stats.bytes_up) == (1000, 0, 4000)
 
 
-def test_allow_list_closes_other_clients_at_once(
+def test_allow_list_refuses_other_clients_with_a_reason(
     upstream_factory: Callable[..., Upstream], relay_factory: Callable[..., RelayThread]
 ) -> None:
+    """An outsider reads an X11 Failed reply naming why; the display is never contacted."""
     server = upstream_factory(echo)
     outside = relay_factory(server.endpoint, allow=[ipaddress.ip_network("192.0.2.0/24")])
     with connect(outside) as client:
-        assert recv_all(client) == b""
+        client.sendall(b"l")
+        reason = parse_failed(recv_all(client))
+    assert reason.startswith("x11passthrough: clients from 127.0.0.1 are not admitted")
+    assert server.accepted == 0
     inside = relay_factory(server.endpoint, allow=[ipaddress.ip_network("127.0.0.0/8")])
     with connect(inside) as client:
         client.sendall(b"allowed")
         client.shutdown(socket.SHUT_WR)
         assert recv_all(client) == b"allowed"
-    assert (outside.stats.rejected, outside.stats.connections_total) == (1, 0)
+    assert (wait_idle(outside).rejected, outside.stats.connections_total) == (1, 1)
     assert (wait_idle(inside).rejected, server.accepted) == (0, 1)
 
 

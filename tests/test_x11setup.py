@@ -295,17 +295,22 @@ def test_gate_accepts_longer_replacements_and_odd_pads() -> None:
     assert verdict == Accept(expected_forward(B, MIT_MAGIC_COOKIE_1, REAL * 3, b"rest"))
 
 
-@pytest.mark.parametrize(
-    ("order", "forwarded_order"),
-    [(L, LR), (B, BR), (LR, LR), (BR, BR)],
-    ids=["l->r", "B->R", "r", "R"],
-)
-def test_gate_byte_order_rewrite(order: int, forwarded_order: int) -> None:
-    """rewrite_byte_order marks the client not-local; without it the byte is kept."""
+@pytest.mark.parametrize("order", [L, B, LR, BR], ids=["l", "B", "r", "R"])
+def test_gate_keeps_the_byte_order(order: int) -> None:
+    """The client's byte-order byte is forwarded as sent."""
     message = encode_setup_request(order, MIT_MAGIC_COOKIE_1, FAKE)
-    rewritten = gate(rewrite_byte_order=True)(message)
-    assert rewritten == Accept(expected_forward(forwarded_order, MIT_MAGIC_COOKIE_1, REAL))
     assert gate()(message) == Accept(expected_forward(order, MIT_MAGIC_COOKIE_1, REAL))
+
+
+def test_gate_admits_no_auth_only_where_told() -> None:
+    """admit_without_auth takes a client without authorization; a wrong cookie stays refused."""
+    anonymous = encode_setup_request(L, b"", b"")
+    assert isinstance(gate()(anonymous), Reject)
+    assert gate(admit_without_auth=True)(anonymous) == Accept(
+        expected_forward(L, MIT_MAGIC_COOKIE_1, REAL)
+    )
+    wrong = encode_setup_request(L, MIT_MAGIC_COOKIE_1, bytes(16))
+    assert isinstance(gate(admit_without_auth=True)(wrong), Reject)
 
 
 def test_gate_keeps_the_protocol_version() -> None:

@@ -62,13 +62,12 @@ def talk(path: str, payload: bytes, *, order: int, extra: int = 0) -> tuple[Setu
             received += chunk
 
 
-def session_gate(server: XServer, fake: bytes, *, rewrite_byte_order: bool = False) -> CookieGate:
+def session_gate(server: XServer, fake: bytes) -> CookieGate:
     """The gate a relay would build for this server."""
     return CookieGate(
         expected_data=fake,
         replacement_name=MIT_MAGIC_COOKIE_1,
         replacement_data=server.cookie,
-        rewrite_byte_order=rewrite_byte_order,
     )
 
 
@@ -86,18 +85,6 @@ def test_server_accepts_the_gate_forward(xvfb: XServer, order: int) -> None:
     # The GetInputFocus reply: type 1 (Reply), sequence number 1 in the client's byte order.
     assert after[0] == 1
     assert after[2:4] == (b"\0\x01" if order == B else b"\x01\0")
-
-
-def test_server_accepts_the_not_local_byte_order(xvfb: XServer) -> None:
-    """With rewrite_byte_order the client's 'l' goes out as 'r', which X.Org >= 1.14 accepts."""
-    fake = secrets.token_bytes(16)
-    verdict = session_gate(xvfb, fake, rewrite_byte_order=True)(
-        encode_setup_request(L, MIT_MAGIC_COOKIE_1, fake)
-    )
-    assert isinstance(verdict, Accept)
-    assert verdict.forward[:1] == b"r"
-    reply, _ = talk(xvfb.unix_path, verdict.forward, order=ord("r"))
-    assert reply.status is SetupStatus.SUCCESS
 
 
 @pytest.mark.parametrize(

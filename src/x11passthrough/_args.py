@@ -6,7 +6,7 @@ Strictly private: import :class:`DockerRunArgs` from :mod:`x11passthrough`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
@@ -27,32 +27,41 @@ class DockerRunArgs:
     """
     What a container needs to reach the passthrough's display.
 
-    Iterating gives ``docker run`` command-line arguments, so ``[*args]`` splices into an argv::
+    Iterating gives ``docker run`` (and ``podman run``) command-line arguments, so ``[*args]``
+    splices into an argv. On the default UNIX transport that is::
 
-        --add-host host.docker.internal:host-gateway
-        --hostname x11passthrough
-        --env DISPLAY=host.docker.internal:M
+        --env DISPLAY=:M
         --env XAUTHORITY=/tmp/.x11passthrough.xauth
-        --volume /tmp/x11passthrough-abc/Xauthority:/tmp/.x11passthrough.xauth:ro
+        --volume /run/user/1000/x11passthrough-.../X11-unix/XM:/tmp/.X11-unix/XM
+        --volume /run/user/1000/x11passthrough-.../Xauthority:/tmp/.x11passthrough.xauth:ro
 
-    The other methods give the same content for the Docker SDK for Python
-    (:meth:`docker_py`) and for a Compose service (:meth:`compose`).
+    and on TCP (``transport="tcp"``, for engines in a VM) ``--env
+    DISPLAY=tcp/host.docker.internal:M`` with, where the engine needs it, ``--add-host
+    host.docker.internal:host-gateway``.
+
+    The same content comes as Docker SDK keyword arguments (:meth:`docker_py`), a Compose
+    service (:meth:`compose`), and plain pieces for packagers (:attr:`environment`,
+    :attr:`mounts`, :attr:`add_hosts`, :meth:`add_to`).
 
     Attributes:
-        display: The display name the container uses (``host.docker.internal:M``).
+        display: The display name the container uses (``:M``, or ``tcp/HOST:M``).
         xauthority: The authority file on the host, or ``None`` when the display needs no
             cookie.
         container_xauthority: Where that file is mounted in the container.
+        socket: The relay's UNIX socket on the host (UNIX transport), or ``None``.
+        container_socket: Where the socket is mounted in the container.
         extra_hosts: Host names to add to the container's ``/etc/hosts``, with their values
             (``{"host.docker.internal": "host-gateway"}``).
-        hostname: The container's host name, or ``None`` to leave Docker's default. python-xlib
-            clients look their cookie up by the host name, so the authority file holds an entry
-            for this name.
+        hostname: The container's host name, or ``None`` (the default) to leave the engine's.
+
+    .. versionadded:: 0.1.0
     """
 
     display: str
     xauthority: Path | None
     container_xauthority: PurePosixPath = DEFAULT_CONTAINER_XAUTHORITY
+    socket: Path | None = None
+    container_socket: PurePosixPath | None = None
     extra_hosts: Mapping[str, str] = attrs.field(
         factory=dict, converter=_frozen_mapping, hash=False
     )
@@ -67,11 +76,24 @@ class DockerRunArgs:
         return MappingProxyType(env)
 
     @property
+    def mounts(self) -> tuple[tuple[str, str, bool], ...]:
+        """The bind mounts, as ``(host path, container path, read_only)``."""
+        found: list[tuple[str, str, bool]] = []
+        if self.socket is not None and self.container_socket is not None:
+            found.append((str(self.socket), str(self.container_socket), False))
+        if self.xauthority is not None:
+            found.append((str(self.xauthority), str(self.container_xauthority), True))
+        return tuple(found)
+
+    @property
     def volumes(self) -> Mapping[str, str]:
-        """The read-only bind mounts, host path to container path."""
-        if self.xauthority is None:
-            return MappingProxyType({})
-        return MappingProxyType({str(self.xauthority): str(self.container_xauthority)})
+        """The bind mounts, host path to container path."""
+        return MappingProxyType({host: inside for host, inside, _ in self.mounts})
+
+    @property
+    def add_hosts(self) -> tuple[tuple[str, str], ...]:
+        """The ``/etc/hosts`` additions, as ``(name, address)``."""
+        return tuple(self.extra_hosts.items())
 
     def __iter__(self) -> Iterator[str]:
         for name, value in self.extra_hosts.items():
@@ -80,8 +102,25 @@ class DockerRunArgs:
             yield from ("--hostname", self.hostname)
         for name, value in self.environment.items():
             yield from ("--env", f"{name}={value}")
-        for host, container in self.volumes.items():
-            yield from ("--volume", f"{host}:{container}:ro")
+        for host, inside, read_only in self.mounts:
+            yield from ("--volume", f"{host}:{inside}:ro" if read_only else f"{host}:{inside}")
+
+    def add_to(self, kwargs: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        """
+        Merge these arguments into a packager's keyword arguments, and return them.
+
+        The shape is BeeWare Briefcase's (``env`` dict, ``mounts`` list of ``(host,
+        container)`` pairs, ``add_hosts`` list of ``(name, address)`` pairs), which a
+        ``dockerize_args``-style function turns into ``docker run`` options. Existing entries
+        are kept; these are added::
+
+            with X11Passthrough() as args:
+                run(image, **args.add_to(kwargs))
+        """
+        kwargs.setdefault("env", {}).update(self.environment)
+        kwargs.setdefault("mounts", []).extend((host, inside) for host, inside, _ in self.mounts)
+        kwargs.setdefault("add_hosts", []).extend(self.add_hosts)
+        return kwargs
 
     def docker_py(self) -> dict[str, Any]:
         """
@@ -92,7 +131,10 @@ class DockerRunArgs:
         kwargs: dict[str, Any] = {
             "environment": dict(self.environment),
             "extra_hosts": dict(self.extra_hosts),
-            "volumes": {h: {"bind": c, "mode": "ro"} for h, c in self.volumes.items()},
+            "volumes": {
+                host: {"bind": inside, "mode": "ro" if read_only else "rw"}
+                for host, inside, read_only in self.mounts
+            },
         }
         if self.hostname is not None:
             kwargs["hostname"] = self.hostname
@@ -102,12 +144,13 @@ class DockerRunArgs:
         """Return the keys of a Compose service definition (``environment``, ``volumes``, ...)."""
         service: dict[str, Any] = {
             "environment": dict(self.environment),
-            "extra_hosts": [f"{n}:{v}" for n, v in self.extra_hosts.items()],
             "volumes": [
-                {"type": "bind", "source": h, "target": c, "read_only": True}
-                for h, c in self.volumes.items()
+                {"type": "bind", "source": host, "target": inside, "read_only": read_only}
+                for host, inside, read_only in self.mounts
             ],
         }
+        if self.extra_hosts:
+            service["extra_hosts"] = [f"{n}:{v}" for n, v in self.extra_hosts.items()]
         if self.hostname is not None:
             service["hostname"] = self.hostname
         return service

@@ -76,4 +76,3 @@ def wait_for_signal() -> int:
         while not done.wait(3600):
             pass
     return received[0]
-

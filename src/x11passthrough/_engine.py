@@ -1,15 +1,27 @@
 """
-Container engines, asked over their API sockets: which networks they made.
+Container engines, asked over their API sockets: which engine, and which networks it made.
 
-Strictly private. Docker Engine and Podman (its Docker-compatible service) answer the same
-``GET /networks`` with each network's IPAM subnets. The engine is found where its clients look:
-``DOCKER_HOST`` (``unix://`` only), ``/var/run/docker.sock``, and Podman's rootful and rootless
+Strictly private. The engine is found where its clients look: ``DOCKER_HOST`` (``unix://``),
+the current Docker context, ``/var/run/docker.sock``, and Podman's rootful and rootless
 service sockets. Nothing here starts an engine or a service; an engine that does not answer
 within the timeout is skipped.
+
+What tells engines apart (from their recorded answers in ``tests/data/engines``):
+
+* Podman marks every answer, ``GET /_ping`` included, with ``Server: Libpod/...``; that one
+  sub-millisecond request also finds Podman behind ``/var/run/docker.sock`` (podman-docker).
+  Podman's own ``/info`` takes about 250 ms, so its rootlessness is read from the socket's
+  owner instead.
+* Docker's ``GET /info`` (about 8 ms) says Docker Desktop in ``OperatingSystem`` (an engine
+  in a VM: no shared kernel, so no shared sockets) and rootless in ``SecurityOptions``
+  (``name=rootless``).
+
+A detection is cached per process, keyed by the socket's identity, so a warm process asks once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import ipaddress
 import json
@@ -18,7 +30,10 @@ import os
 import socket
 
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
 
 from ._validate import IPNetwork
 
@@ -46,11 +61,29 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def context_host(environ: Mapping[str, str] | None = None) -> str | None:
+    """Return the ``Host`` of the current Docker context (``DOCKER_CONTEXT``, else config)."""
+    env = os.environ if environ is None else environ
+    config_dir = Path(env.get("DOCKER_CONFIG") or Path(env.get("HOME", "/")) / ".docker")
+    name = env.get("DOCKER_CONTEXT")
+    try:
+        if name is None:
+            name = json.loads((config_dir / "config.json").read_text()).get("currentContext")
+        if not name or name == "default":
+            return None
+        digest = hashlib.sha256(name.encode()).hexdigest()
+        meta = json.loads((config_dir / "contexts" / "meta" / digest / "meta.json").read_text())
+        host = meta["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return host if isinstance(host, str) else None
+
+
 def api_sockets(environ: Mapping[str, str] | None = None) -> list[str]:
     """Return the engine API sockets to ask, in order, without duplicates."""
     env = os.environ if environ is None else environ
     found: list[str] = []
-    host = env.get("DOCKER_HOST", "")
+    host = env.get("DOCKER_HOST") or context_host(env) or ""
     if host.startswith("unix://"):
         found.append(host.removeprefix("unix://"))
     found.append("/var/run/docker.sock")
@@ -62,13 +95,8 @@ def api_sockets(environ: Mapping[str, str] | None = None) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def get(path: str, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """
-    ``GET`` `endpoint` of the engine API on the UNIX socket `path` and decode its JSON.
-
-    Raises:
-        OSError: The socket does not answer, or the answer is not a 200 with JSON.
-    """
+def _request(path: str, endpoint: str, timeout: float) -> tuple[dict[str, str], bytes]:
+    """``GET`` `endpoint`; return the headers (names in lower case) and body of a 200 answer."""
     connection = _UnixConnection(path, timeout)
     try:
         connection.request("GET", endpoint, headers={"Accept": "application/json"})
@@ -80,6 +108,17 @@ def get(path: str, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
         connection.close()
     if response.status != 200:
         raise OSError(f"{path}: GET {endpoint} answered {response.status}")
+    return {k.lower(): v for k, v in response.getheaders()}, body
+
+
+def get(path: str, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """
+    ``GET`` `endpoint` of the engine API on the UNIX socket `path` and decode its JSON.
+
+    Raises:
+        OSError: The socket does not answer, or the answer is not a 200 with JSON.
+    """
+    _headers, body = _request(path, endpoint, timeout)
     try:
         return json.loads(body)
     except ValueError as e:
@@ -113,3 +152,101 @@ def networks(*, timeout: float = DEFAULT_TIMEOUT) -> list[IPNetwork]:
         except OSError as e:
             logger.debug("engine at %s: %s", path, e)
     return list(dict.fromkeys(found))
+
+
+EngineKind = Literal["docker", "podman", "desktop"]
+
+
+@attrs.frozen
+class Engine:
+    """
+    What a container engine said about itself. Strictly private.
+
+    Attributes:
+        kind: ``"docker"`` (Docker Engine), ``"podman"``, or ``"desktop"`` (an engine in a VM:
+            Docker Desktop and the like, whose containers share no kernel with this host).
+        rootless: The engine runs as an unprivileged user.
+        socket: The API socket that answered, or None when nothing answered.
+        description: What it is, for messages (``Docker Engine 28.2.2``).
+    """
+
+    kind: EngineKind
+    rootless: bool
+    socket: str | None
+    description: str
+
+    @property
+    def same_kernel(self) -> bool:
+        """Whether containers run on this host's kernel, so a bind-mounted socket reaches them."""
+        return self.kind != "desktop"
+
+
+def classify(
+    path: str, ping_headers: Mapping[str, str], info: Mapping[str, Any] | None, uid: int
+) -> Engine:
+    """
+    Tell the engine from its answers: the ``/_ping`` headers and (Docker only) ``/info``.
+
+    Args:
+        path: The API socket.
+        ping_headers: The headers of ``GET /_ping``, names in lower case.
+        info: ``GET /info``, or None when it was not asked (Podman).
+        uid: The owner of the socket (a rootless engine's socket belongs to its user).
+    """
+    server = ping_headers.get("server", "")
+    if server.startswith("Libpod"):
+        version = server.partition("/")[2]
+        return Engine("podman", uid != 0, path, f"Podman {version}".strip())
+    info = info or {}
+    version = str(info.get("ServerVersion", "")) or server.partition("/")[2].split(" ")[0]
+    options = info.get("SecurityOptions") or []
+    rootless = any(isinstance(o, str) and "name=rootless" in o for o in options)
+    if info.get("OperatingSystem") == "Docker Desktop":
+        return Engine("desktop", False, path, f"Docker Desktop (engine {version})")
+    return Engine("docker", rootless, path, f"Docker Engine {version}".strip())
+
+
+_cache: dict[tuple[str, int, int], Engine] = {}
+
+
+def detect(
+    hint: EngineKind | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Engine | None:
+    """
+    Find the engine that containers will run on; None when no engine answers.
+
+    Args:
+        hint: The engine the caller names (``podman`` asks Podman's sockets only).
+        environ: The environment to read (``DOCKER_HOST``, ``XDG_RUNTIME_DIR``).
+        timeout: Seconds each socket may take to answer.
+    """
+    env = os.environ if environ is None else environ
+    host = env.get("DOCKER_HOST", "")
+    if host and not host.startswith("unix://") and hint != "podman":
+        return Engine("desktop", False, None, f"a remote engine (DOCKER_HOST={host})")
+    for path in api_sockets(env):
+        if hint == "podman" and "podman" not in path:
+            continue
+        try:
+            status = os.stat(path)
+        except OSError:
+            continue
+        key = (path, status.st_ino, status.st_mtime_ns)
+        if key in _cache:
+            return _cache[key]
+        try:
+            headers, _body = _request(path, "/_ping", timeout)
+            info = None
+            if not headers.get("server", "").startswith("Libpod"):
+                info = get(path, "/info", timeout=timeout)
+        except OSError as e:
+            logger.debug("engine at %s: %s", path, e)
+            continue
+        engine = classify(path, headers, info if isinstance(info, dict) else None, status.st_uid)
+        _cache[key] = engine
+        logger.debug("engine at %s: %s", path, engine.description)
+        return engine
+    return None

@@ -78,6 +78,7 @@ class Connection:
     __slots__ = (
         "_owner",
         "_path",
+        "_setup_filter",
         "_target",
         "address",
         "client",
@@ -103,6 +104,7 @@ class Connection:
         client: socket.socket,
         *,
         target: Endpoint,
+        setup_filter: SetupFilter | None,
         peer: str,
         source: str,
         number: int,
@@ -110,6 +112,7 @@ class Connection:
         self._owner = owner
         self._path = path
         self._target = target
+        self._setup_filter = setup_filter
         self.loop = loop
         self.client = client
         self.peer = peer
@@ -131,7 +134,7 @@ class Connection:
         if self.unverified and not await owner.admits(self):
             await self._refuse_unknown()
             return
-        setup_filter = self._path.options.setup_filter
+        setup_filter = self._setup_filter
         forward = b""
         if setup_filter is not None:
             verdict = await self._negotiate(setup_filter)

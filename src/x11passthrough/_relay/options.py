@@ -35,6 +35,20 @@ DEFAULT_BUSY_POLL = 50e-6
 DEFAULT_STALL_TIMEOUT = 0.5
 
 
+@attrs.frozen
+class Listener:
+    """
+    A listening socket with a setup filter of its own (instead of the options'). Private.
+
+    Attributes:
+        socket: The bound, listening stream socket.
+        setup_filter: The filter for its clients (None: relay them unchanged).
+    """
+
+    socket: socket.socket
+    setup_filter: SetupFilter | None = attrs.field(eq=False)
+
+
 def _setup_timeout(value: object) -> float:
     return _validate.seconds(value, name="setup_timeout")
 

@@ -18,7 +18,7 @@ from .._validate import IPNetwork
 from ..exceptions import RelayError
 from .admission import Admission
 from .connection import Connection
-from .options import RelayOptions
+from .options import Listener, RelayOptions, SetupFilter
 from .sockets import (
     TCP_FAMILIES,
     allowed,
@@ -72,21 +72,26 @@ class Relay:
 
     def __init__(
         self,
-        listeners: Iterable[socket.socket],
+        listeners: Iterable[socket.socket | Listener],
         upstream: Endpoint,
         options: RelayOptions | None = None,
     ) -> None:
-        if isinstance(listeners, (str, bytes, socket.socket)):
+        if isinstance(listeners, (str, bytes, socket.socket, Listener)):
             raise RelayError(
                 f"listeners must be a list of listening sockets, not {listeners!r}; "
                 "pass [sock] for a single one"
             )
-        self.listeners = tuple(listeners)
-        for listener in self.listeners:
-            if not isinstance(listener, socket.socket):
-                raise RelayError(f"a relay listener must be a socket.socket, not {listener!r}")
-        self.upstream = upstream
         self.options = options or RelayOptions()
+        self._filters: dict[socket.socket, SetupFilter | None] = {}
+        for listener in listeners:
+            if isinstance(listener, Listener):
+                self._filters[listener.socket] = listener.setup_filter
+            elif isinstance(listener, socket.socket):
+                self._filters[listener] = self.options.setup_filter
+            else:
+                raise RelayError(f"a relay listener must be a socket.socket, not {listener!r}")
+        self.listeners = tuple(self._filters)
+        self.upstream = upstream
         self.path = DataPath(self.options)
         self.connections: set[Connection] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -225,7 +230,7 @@ class Relay:
                 )
                 self._pause_listener(loop, listener)
                 return
-            self._admit(loop, client, address)
+            self._admit(loop, client, address, self._filters[listener])
 
     def _pause_listener(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
         """Stop accepting on `listener` for a moment (the process is out of descriptors)."""
@@ -276,7 +281,11 @@ class Relay:
             connection.close(reason)
 
     def _admit(
-        self, loop: asyncio.AbstractEventLoop, client: socket.socket, address: object
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: socket.socket,
+        address: object,
+        setup_filter: SetupFilter | None,
     ) -> None:
         unverified = self.allow is not None and not allowed(client, address, self.allow)
         try:
@@ -307,6 +316,7 @@ class Relay:
             loop,
             client,
             target=self.upstream,
+            setup_filter=setup_filter,
             peer=peer,
             source=source or "local clients",
             number=counters.total,

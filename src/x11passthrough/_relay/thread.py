@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 from ..exceptions import RelayError
-from .options import RelayOptions
+from .options import Listener, RelayOptions
 from .server import Relay
 from .stats import Activity, RelayStats
 
@@ -95,7 +95,7 @@ class RelayThread:
 
     def __init__(
         self,
-        listeners: Iterable[socket.socket],
+        listeners: Iterable[socket.socket | Listener],
         upstream: Endpoint,
         options: RelayOptions | None = None,
     ) -> None:

@@ -26,8 +26,6 @@ from .wire import (
 
 logger = logging.getLogger("x11passthrough")
 
-_NOT_LOCAL = {ord("l"): ord("r"), ord("B"): ord("R")}
-
 
 @attrs.frozen
 class Accept:
@@ -110,11 +108,10 @@ class CookieGate:
             empty `replacement_data`) to send no authorization, for servers that need none.
         replacement_data: The real cookie sent to the server; empty for no authorization.
         expected_name: The authorization protocol clients must use.
-        rewrite_byte_order: Rewrite the client's ``l``/``B`` to ``r``/``R``. X.Org >= 1.14
-            then marks the client as not local, so clients behind the relay (which cannot pass
-            file descriptors or share memory with the server) are not offered MIT-SHM or DRI.
-            Off by default because older servers and other proxies (OpenSSH's X11 forwarding)
-            close the connection on ``r``/``R`` without a reply.
+        admit_without_auth: Also admit a client that presents no authorization at all, and
+            give it the replacement. Only for a listener nobody but the intended containers can
+            reach (a socket in a private directory, bind-mounted into them): python-xlib
+            clients find no cookie under a container host name they cannot know, and send none.
 
     Raises:
         X11SetupError: A name or cookie is empty where it must not be, or too long.
@@ -124,7 +121,7 @@ class CookieGate:
     replacement_name: bytes
     replacement_data: bytes = attrs.field(repr=hidden)
     expected_name: bytes = MIT_MAGIC_COOKIE_1
-    rewrite_byte_order: bool = False
+    admit_without_auth: bool = False
 
     def __attrs_post_init__(self) -> None:
         _validate_cookie_pair(
@@ -166,11 +163,9 @@ class CookieGate:
             return None
         name_ok = hmac.compare_digest(self.expected_name, request.auth_name)
         data_ok = hmac.compare_digest(self.expected_data, request.auth_data)
-        if name_ok & data_ok:
+        anonymous = not request.auth_name and not request.auth_data
+        if (name_ok & data_ok) or (anonymous and self.admit_without_auth):
             rewritten = request.with_auth(self.replacement_name, self.replacement_data)
-            if self.rewrite_byte_order:
-                new_order = _NOT_LOCAL.get(rewritten.byte_order, rewritten.byte_order)
-                rewritten = attrs.evolve(rewritten, byte_order=new_order)
             return Accept(rewritten.encode() + bytes(data[request.size :]))
         if not request.auth_name and not request.auth_data:
             return self._reject(_NO_AUTH, request.byte_order)

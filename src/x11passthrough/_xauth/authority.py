@@ -210,7 +210,7 @@ class Xauthority(Sequence[XauthEntry]):
         Like libXau and xauth, a file that does not exist has no entries, and so does the
         empty path (``XAUTHORITY=""``, which makes libXau use no authority file). Like them, a
         file whose end is damaged gives the records before the damage (with a warning).
-        Only regular files are read, and at most :data:`MAX_FILE_SIZE` bytes: a FIFO, a device
+        Only regular files are read, and at most 16 MiB of them: a FIFO, a device
         or a huge file is refused at once instead of blocking or filling memory.
 
         Args:
