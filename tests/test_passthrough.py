@@ -97,12 +97,20 @@ def test_clients_reach_the_display_through_the_relay(xvfb: XServer) -> None:
 
 
 def test_session_file_is_private_and_holds_no_real_cookie(xvfb: XServer) -> None:
-    """The file is 0600 in a 0700 directory and holds a fresh cookie for display M only."""
+    """
+    The file holds a fresh cookie for display M only, in a 0700 directory.
+
+    It is 0644, so any container user can read it: the session cookie opens only the relay.
+    With the real cookie (forward mode) it is 0600.
+    """
+    with passthrough(xvfb, auth="forward") as args:
+        assert args.xauthority is not None
+        assert stat.S_IMODE(args.xauthority.stat().st_mode) == 0o600
     with passthrough(xvfb) as args:
         assert args.xauthority is not None
         mode = stat.S_IMODE(args.xauthority.stat().st_mode)
         dir_mode = stat.S_IMODE(args.xauthority.parent.stat().st_mode)
-        assert (mode, dir_mode) == (0o600, 0o700)
+        assert (mode, dir_mode) == (0o644, 0o700)
         raw = args.xauthority.read_bytes()
         assert xvfb.cookie not in raw
         entries = Xauthority.loads(raw)

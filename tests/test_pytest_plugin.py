@@ -9,7 +9,7 @@ from infra.xvfb import XServer
 
 LENDING_TESTS = """
 def test_lent(x11passthrough):
-    assert x11passthrough.display.startswith("host.docker.internal:")
+    assert x11passthrough.display.startswith("tcp/host.docker.internal:")
     assert x11passthrough.xauthority.exists()
 
 def test_factory(x11passthrough_factory):

@@ -16,6 +16,7 @@ import attrs
 
 from . import _validate
 from ._display._name import DisplayName
+from ._transport import EngineChoice, Transport
 from .exceptions import ConfigurationError
 
 
@@ -63,7 +64,31 @@ def _auth(value: object) -> AuthMode:
     )
 
 
-def _host_alias(value: object) -> str:
+def _transport(value: object) -> Transport:
+    choices: tuple[Transport, ...] = get_args(Transport)
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise ConfigurationError(
+        f"transport={value!r} is not a transport; use 'auto' (default), 'unix' (a socket "
+        "bind-mounted into the container) or 'tcp'"
+    )
+
+
+def _engine(value: object) -> EngineChoice:
+    choices: tuple[EngineChoice, ...] = get_args(EngineChoice)
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise ConfigurationError(
+        f"engine={value!r} is not an engine; use 'auto' (default), 'docker', 'podman' or "
+        "'desktop' (an engine in a VM: Docker Desktop, podman machine, Colima ...)"
+    )
+
+
+def _host_alias(value: object) -> str | None:
+    if value is None:
+        return None
     if not isinstance(value, str) or not _HOSTNAME.fullmatch(value):
         raise ConfigurationError(
             f"host_alias={value!r} must be a host name such as 'host.docker.internal'"
@@ -71,7 +96,9 @@ def _host_alias(value: object) -> str:
     return value
 
 
-def _gateway(value: object) -> str:
+def _gateway(value: object) -> str | None:
+    if value is None:
+        return None
     if not isinstance(value, str) or not value or any(c in value for c in " \t\n:,="):
         raise ConfigurationError(
             f"gateway={value!r} must be 'host-gateway' or an IP address for --add-host"
@@ -139,8 +166,10 @@ class Options:
     display: DisplayName | None = attrs.field(converter=_display)
     xauthority: str | None = attrs.field(converter=_xauthority)
     auth: AuthMode = attrs.field(converter=_auth)
-    host_alias: str = attrs.field(converter=_host_alias)
-    gateway: str = attrs.field(converter=_gateway)
+    transport: Transport = attrs.field(converter=_transport)
+    engine: EngineChoice = attrs.field(converter=_engine)
+    host_alias: str | None = attrs.field(converter=_host_alias)
+    gateway: str | None = attrs.field(converter=_gateway)
     bind: tuple[_validate.IPAddress, ...] | None = attrs.field(converter=_bind)
     allow: tuple[_validate.IPNetwork, ...] | None = attrs.field(converter=_allow)
     container_xauthority: PurePosixPath = attrs.field(converter=_container_xauthority)

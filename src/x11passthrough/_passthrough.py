@@ -18,45 +18,32 @@ import ipaddress
 import logging
 import os
 import secrets
-import socket
 import warnings
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from types import TracebackType
 
 import attrs
 
-from . import _engine, _netinfo, _session
+from . import _engine, _netinfo
 from ._args import DEFAULT_CONTAINER_XAUTHORITY, DockerRunArgs
 from ._cleanup import Cleanup
 from ._display._endpoint import Endpoint
-from ._display._locate import DisplayConnection
 from ._display._locator import DisplayLocator
 from ._display._name import DisplayName
-from ._display._owner import ownership_problem
-from ._display._reserve import reserve
 from ._options import AuthMode, Options
-from ._relay.options import RelayOptions
+from ._relay.options import Listener, RelayOptions
 from ._relay.server import Relay
 from ._relay.stats import RelayStats
 from ._relay.thread import RelayThread
-from ._validate import IPAddress, IPNetwork
+from ._transport import EngineChoice, Transport, lend, plan
+from ._upstream import HostSide, Upstream
+from ._validate import IPNetwork
 from ._x11.gate import CookieGate
-from ._x11.handshake import CookieKeeper, handshake
-from ._x11.security import SecurityClient, UntrustedCookie
-from ._x11.wire import MIT_MAGIC_COOKIE_1, SetupStatus
-from ._x11.xlib import SetupRefusedError, open_display
-from ._xauth.authority import Xauthority, default_path
-from ._xauth.format import Family, XauthEntry, dump
-from .exceptions import (
-    DisplayAuthorizationError,
-    DisplayError,
-    DisplayOwnerError,
-    SecurityExtensionError,
-    X11PassthroughError,
-    X11SetupError,
-)
+from ._x11.security import UntrustedCookie
+from ._x11.wire import MIT_MAGIC_COOKIE_1
+from ._xauth.authority import default_path
+from .exceptions import DisplayError, X11PassthroughError
 
 
 logger = logging.getLogger("x11passthrough")
@@ -67,19 +54,26 @@ class _Session:
     """What _prepare made. Strictly private."""
 
     endpoint: Endpoint
-    listeners: Sequence[socket.socket]
+    listeners: Sequence[Listener]
     relay_options: RelayOptions
     args: DockerRunArgs
+    upstream: Upstream
 
 
 class X11Passthrough:
     """
     Lend the host's X display to containers for the duration of a ``with`` block.
 
-    Entering finds the live display, reserves a free display number M, writes a per-session
-    authority file and starts a relay on TCP 6000+M; it yields the :class:`DockerRunArgs` a
-    container needs. Leaving stops the relay, frees the port, removes the file and, in
-    ``untrusted`` mode, revokes the cookie.
+    Entering finds the live display (and checks who owns it), proves the cookie with one X11
+    setup, reserves a free display number M, starts a relay for display M and writes a
+    per-session authority file; it yields the :class:`DockerRunArgs` a container needs.
+    Leaving stops the relay, frees the number, removes the files and, in ``untrusted`` mode,
+    revokes the cookie.
+
+    Where the engine shares this host's kernel (Docker Engine, rootful or rootless; Podman;
+    nerdctl) the relay listens on a socket bind-mounted into the container (``DISPLAY=:M``, no
+    network needed); for engines in a VM (Docker Desktop and the like) on TCP 6000+M of the
+    host's loopback (``DISPLAY=tcp/host.docker.internal:M``).
 
     ::
 
@@ -95,21 +89,29 @@ class X11Passthrough:
             ``"untrusted"``: as substitute, but the X server sees an untrusted cookie from its
             SECURITY extension, revoked on exit. ``"forward"``: the container gets the real
             cookie (what Briefcase does); weaker, opt-in.
-        host_alias: The name containers use for the host.
-        gateway: The ``--add-host`` value for `host_alias` (``host-gateway`` on Docker 20.10+).
-        bind: The address(es) the relay listens on; default: the docker0 address, or
-            ``0.0.0.0`` (with a warning) where the host has no docker0.
-        allow: Client networks the relay accepts connections from (CIDR strings or
-            :mod:`ipaddress` networks); default: the networks of the bound addresses plus
-            every container bridge network. Anything else is refused before a byte is
-            forwarded.
+        transport: ``"auto"`` (default): ``"unix"`` where the engine shares this host's
+            kernel, ``"tcp"`` for engines in a VM; passing `bind` means ``"tcp"``.
+        engine: ``"auto"`` (default: asked over its API socket, cached per process),
+            ``"docker"`` (Docker Engine), ``"podman"`` or ``"desktop"`` (Docker Desktop,
+            podman machine, Colima, Lima, OrbStack: an engine in a VM).
+        host_alias: On TCP, the name containers use for the host; default:
+            ``host.containers.internal`` for Podman, else ``host.docker.internal``.
+        gateway: On TCP, the ``--add-host`` value for `host_alias`; default: ``host-gateway``
+            for Docker Engine, none where the engine defines the name itself.
+        bind: On TCP, the address(es) the relay listens on; default: the host's loopback for
+            VM engines, the bridge gateway (docker0) for Docker Engine. Never a wildcard
+            address unless you pass one.
+        allow: On TCP, the client networks the relay accepts (CIDR strings or
+            :mod:`ipaddress` networks); default: the bound networks, this host's own
+            addresses, and every engine's networks (asked again when an unknown client
+            connects). Anything else gets an X11 "Failed" reply.
         container_xauthority: Where the authority file is mounted in the container.
-        container_hostname: The host name the container gets (``--hostname``), so python-xlib
-            clients, which look cookies up by host name, find theirs; None leaves Docker's
-            default (libX11/libxcb clients still work, through the FamilyWild entry).
-        host_dir: Where the private directory holding the authority file is created; default:
-            ``$XDG_RUNTIME_DIR``, else the system temporary directory. Docker Desktop shares
-            only paths under ``$HOME``: pass a directory there.
+        container_hostname: A host name to give the container (``--hostname``) and a
+            FamilyLocal entry for; default None: no host name is pinned, and clients of every
+            library (python-xlib included) find their cookie whatever the container is called.
+        host_dir: Where the session's private directory (socket, authority file) is created;
+            default: ``$XDG_RUNTIME_DIR``, else the system temporary directory; for Docker
+            Desktop ``~/.cache/x11passthrough``, as Desktop shares only paths under ``$HOME``.
         display_range: The display numbers M to choose from.
         untrusted_timeout: In ``untrusted`` mode, seconds the X server keeps the untrusted
             cookie after this process is gone. While the passthrough runs, a connection of
@@ -137,12 +139,14 @@ class X11Passthrough:
         xauthority: str | os.PathLike[str] | None = None,
         *,
         auth: AuthMode = "substitute",
-        host_alias: str = "host.docker.internal",
-        gateway: str = "host-gateway",
+        transport: Transport = "auto",
+        engine: EngineChoice = "auto",
+        host_alias: str | None = None,
+        gateway: str | None = None,
         bind: str | Sequence[str] | None = None,
         allow: str | Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
         container_xauthority: str | os.PathLike[str] = DEFAULT_CONTAINER_XAUTHORITY,
-        container_hostname: str | None = "x11passthrough",
+        container_hostname: str | None = None,
         host_dir: str | os.PathLike[str] | None = None,
         display_range: range = range(50, 300),
         untrusted_timeout: int = 5,
@@ -155,6 +159,8 @@ class X11Passthrough:
             display=display,
             xauthority=xauthority,
             auth=auth,
+            transport=transport,
+            engine=engine,
             host_alias=host_alias,
             gateway=gateway,
             bind=bind,
@@ -334,87 +340,92 @@ class X11Passthrough:
         return DisplayName.parse(text)
 
     def _prepare(self, cleanup: Cleanup) -> _Session:
-        """Locate, authenticate, reserve and write; register every undo step on `cleanup`."""
+        """Locate, prove, reserve, listen and write; register every undo step on `cleanup`."""
         opts = self._options
-        name = self._display_name()
-        connection = self._locator.connect(name)
-        endpoint = connection.endpoint
-        keeper: CookieKeeper | None = None
-        try:
-            authority = self._authority_file()
-            real = self._real_cookie(connection, authority)
-            upstream: bytes | None
-            if opts.auth == "untrusted":
-                upstream, keeper = self._untrusted_cookie(connection, real, authority, cleanup)
-            else:
-                self._check_host(connection, real, authority)
-                upstream = real
-        finally:
-            if opts.auth != "untrusted":
-                connection.close()
-
-        bind = opts.bind or self._default_bind()
-        reservation = reserve(opts.display_range, bind, self._locator._places(abstract=True))
-        cleanup.add("releasing the display number", reservation.close)
-        number = reservation.number
-
-        container_cookie = real if opts.auth == "forward" else secrets.token_bytes(16)
-        gate = None
-        if container_cookie is not None:
-            gate = CookieGate(
+        connection = self._locator.connect(self._display_name())
+        host = HostSide(
+            authority=self._authority_file(),
+            connect_timeout=opts.connect_timeout,
+            untrusted_timeout=opts.untrusted_timeout,
+            trusted_owners=self._locator.trusted_owners,
+        )
+        upstream = host.open(connection, untrusted=opts.auth == "untrusted", cleanup=cleanup)
+        self._untrusted = upstream.untrusted
+        chosen = plan(
+            transport=opts.transport,
+            engine=opts.engine,
+            bind=opts.bind,
+            host_alias=opts.host_alias,
+            gateway=opts.gateway,
+            host_dir=opts.host_dir,
+        )
+        forward = opts.auth == "forward"
+        cookie = upstream.real if forward else secrets.token_bytes(16)
+        strict = private = None
+        if cookie is not None:
+            strict = CookieGate(
                 expected_name=MIT_MAGIC_COOKIE_1,
-                expected_data=container_cookie,
-                replacement_name=MIT_MAGIC_COOKIE_1 if upstream else b"",
-                replacement_data=upstream or b"",
+                expected_data=cookie,
+                replacement_name=MIT_MAGIC_COOKIE_1 if upstream.present else b"",
+                replacement_data=upstream.present or b"",
             )
-        elif opts.auth == "forward":
+            private = attrs.evolve(strict, admit_without_auth=True)
+        else:
             logger.warning(
                 "the X display %s admits clients without a cookie, and auth='forward' has none "
                 "to demand: every container that reaches the relay becomes a trusted client of "
                 "your display. Use auth='substitute' (the default) to guard the relay.",
-                name,
+                connection.name,
             )
-
-        xauthority = None
-        if container_cookie:
-            xauthority = self._write_session_file(number, container_cookie, cleanup)
+        lent = lend(
+            chosen,
+            numbers=opts.display_range,
+            places=self._locator._places(abstract=True),
+            cookie=cookie,
+            strict=strict,
+            private=private,
+            container_xauthority=opts.container_xauthority,
+            container_hostname=opts.container_hostname,
+            private_file=forward,
+            cleanup=cleanup,
+        )
+        if forward and cookie is not None:
+            logger.info(
+                "auth='forward': the authority file holds your real cookie and stays 0600, so "
+                "the container must run as root or as your uid (--user %d)",
+                os.geteuid(),
+            )
         allow = opts.allow
         refresh_allow = None
-        if allow is None:
+        if chosen.transport == "tcp" and allow is None:
+            bound = chosen.bind
 
             def refresh_allow() -> tuple[IPNetwork, ...]:
                 # Facts, not names: the bound networks, this host's own addresses (its
                 # processes and --network host containers), and every engine network.
-                return tuple(dict.fromkeys([*_netinfo.networks_for(bind), *_engine.networks()]))
+                return tuple(dict.fromkeys([*_netinfo.networks_for(bound), *_engine.networks()]))
 
             allow = refresh_allow()
-        args = DockerRunArgs(
-            display=f"{opts.host_alias}:{number}",
-            xauthority=xauthority,
-            container_xauthority=opts.container_xauthority,
-            extra_hosts={opts.host_alias: opts.gateway},
-            hostname=opts.container_hostname,
-        )
         logger.info(
             "passthrough %s -> %s on %s (auth %s)",
-            args.display,
-            endpoint,
-            ", ".join(f"{a}:{6000 + number}" for a in bind),
+            lent.args.display,
+            upstream.endpoint,
+            lent.where,
             opts.auth,
         )
         return _Session(
-            endpoint=endpoint,
-            listeners=reservation.sockets,
+            endpoint=upstream.endpoint,
+            listeners=lent.listeners,
             relay_options=RelayOptions(
-                setup_filter=gate,
-                check_upstream=self._upstream_check(endpoint, keeper),
+                check_upstream=upstream.check,
                 setup_timeout=opts.setup_timeout,
                 stall_timeout=opts.stall_timeout,
                 connect_timeout=opts.connect_timeout,
                 allow=allow,
                 refresh_allow=refresh_allow,
             ),
-            args=args,
+            args=lent.args,
+            upstream=upstream,
         )
 
     def _authority_file(self) -> str:
@@ -422,167 +433,3 @@ class X11Passthrough:
         if self._options.xauthority is not None:
             return self._options.xauthority
         return default_path()
-
-    def _upstream_check(
-        self, endpoint: Endpoint, keeper: CookieKeeper | None
-    ) -> Callable[[socket.socket], str | None]:
-        """Return the check of every connection the relay makes (cookie alive, owner ours)."""
-        trusted = self._locator.trusted_owners
-
-        def check(sock: socket.socket) -> str | None:
-            if keeper is not None:
-                problem = keeper.problem()
-                if problem is not None:
-                    return problem
-            return ownership_problem(sock, endpoint, trusted)
-
-        return check
-
-    def _real_cookie(self, connection: DisplayConnection, authority: str) -> bytes | None:
-        """Return the MIT cookie a client would send on `connection`, or None."""
-        entries = Xauthority.load(authority)
-        entry = entries.for_connection(connection.socket, connection.name.number)
-        if entry is None:
-            logger.info(
-                "no MIT-MAGIC-COOKIE-1 for display %s in %s; the X server must accept clients "
-                "without one (xhost, SI:localuser or no access control)",
-                connection.name,
-                authority or "any authority file (XAUTHORITY is empty)",
-            )
-            return None
-        return entry.data
-
-    def _refused(
-        self, connection: DisplayConnection, real: bytes | None, authority: str, reason: str
-    ) -> DisplayAuthorizationError:
-        where = authority or "no authority file (XAUTHORITY is empty)"
-        if real is None:
-            what = (
-                "a connection without a cookie (there is no entry for display "
-                f"{connection.name} in {where})"
-            )
-            hint = "add one (xauth add), or point XAUTHORITY / xauthority=... at the right file"
-        else:
-            what = f"the cookie for display {connection.name} from {where}"
-            hint = (
-                "the file holds a stale cookie: log in again, or point xauthority=... at the "
-                "file your X server uses"
-            )
-        return DisplayAuthorizationError(
-            f"the X server at {connection.endpoint} refused {what}: "
-            f"{reason.strip() or 'no reason given'}; {hint}"
-        )
-
-    def _check_host(
-        self, connection: DisplayConnection, real: bytes | None, authority: str
-    ) -> None:
-        """Make one X11 setup with the cookie the relay will present, on the locate connection."""
-        try:
-            reply = handshake(
-                connection.socket,
-                MIT_MAGIC_COOKIE_1 if real else b"",
-                real or b"",
-                timeout=self._options.connect_timeout,
-            )
-        except X11SetupError as e:
-            raise DisplayError(f"the X display at {connection.endpoint}: {e}") from e
-        if reply.status is not SetupStatus.SUCCESS:
-            raise self._refused(connection, real, authority, reply.reason)
-        if real is None:
-            logger.info("the X display %s admits clients without a cookie", connection.name)
-
-    def _untrusted_cookie(
-        self,
-        connection: DisplayConnection,
-        real: bytes | None,
-        authority: str,
-        cleanup: Cleanup,
-    ) -> tuple[bytes, CookieKeeper]:
-        opts = self._options
-        where = str(connection.endpoint)
-        try:
-            display = open_display(
-                connection.socket,
-                MIT_MAGIC_COOKIE_1 if real else b"",
-                real or b"",
-                number=connection.name.number,
-                timeout=opts.connect_timeout,
-                what=f"the connection to the X display at {where}",
-            )
-        except SetupRefusedError as e:
-            raise self._refused(connection, real, authority, e.reason) from None
-        except X11SetupError as e:
-            raise SecurityExtensionError(str(e)) from None
-        client = SecurityClient(display, timeout=opts.connect_timeout, where=where)
-        cleanup.add("closing the SECURITY connection", client.close)
-        cookie = client.generate(timeout=opts.untrusted_timeout)
-        self._untrusted = cookie
-
-        def revoke() -> None:
-            client.revoke(cookie)
-
-        cleanup.add("revoking the untrusted cookie", revoke)
-        keeper = self._keep(connection.endpoint, cookie.data)
-        cleanup.add("closing the connection that holds the untrusted cookie", keeper.close)
-        return cookie.data, keeper
-
-    def _keep(self, endpoint: Endpoint, cookie: bytes) -> CookieKeeper:
-        """Open the connection that keeps the untrusted cookie alive while we run."""
-        timeout = self._options.connect_timeout
-        try:
-            sock = endpoint.connect(timeout)
-        except OSError as e:
-            raise SecurityExtensionError(
-                f"the X display at {endpoint} stopped answering: {e}"
-            ) from e
-        try:
-            self._present_untrusted(sock, endpoint, cookie)
-        except BaseException:
-            sock.close()
-            raise
-        return CookieKeeper(sock)
-
-    def _present_untrusted(self, sock: socket.socket, endpoint: Endpoint, cookie: bytes) -> None:
-        """Check the keeper's endpoint and make its setup with the untrusted cookie."""
-        problem = ownership_problem(sock, endpoint, self._locator.trusted_owners)
-        if problem is not None:
-            raise DisplayOwnerError(problem)
-        timeout = self._options.connect_timeout
-        try:
-            reply = handshake(sock, MIT_MAGIC_COOKIE_1, cookie, timeout=timeout)
-        except X11SetupError as e:
-            raise SecurityExtensionError(f"the X display at {endpoint}: {e}") from e
-        if reply.status is not SetupStatus.SUCCESS:
-            raise SecurityExtensionError(
-                f"the X server at {endpoint} refused the untrusted cookie it had just "
-                f"issued: {reply.reason.strip() or 'no reason given'}"
-            )
-
-    def _default_bind(self) -> tuple[IPAddress, ...]:
-        gateway = _netinfo.docker_gateway()
-        if gateway is not None:
-            return (ipaddress.IPv4Address(gateway),)
-        logger.warning(
-            "this host has no docker0 interface; the relay listens on 0.0.0.0 so that "
-            "containers in a VM (Docker Desktop) can reach it. Pass bind=... to narrow it."
-        )
-        return (ipaddress.IPv4Address("0.0.0.0"),)
-
-    def _write_session_file(self, number: int, cookie: bytes, cleanup: Cleanup) -> Path:
-        opts = self._options
-        directory = _session.create_directory(opts.host_dir)
-        cleanup.add(f"removing {directory}", lambda: _session.remove_directory(directory))
-        entries = [XauthEntry(Family.WILD, b"", number, MIT_MAGIC_COOKIE_1, cookie)]
-        if opts.container_hostname:
-            entries.append(
-                XauthEntry(
-                    Family.LOCAL,
-                    opts.container_hostname.encode(),
-                    number,
-                    MIT_MAGIC_COOKIE_1,
-                    cookie,
-                )
-            )
-        path = directory / "Xauthority"
-        _session.write_file(path, dump(entries))
-        return path

@@ -420,3 +420,31 @@ def build_x11_image(*, tag: str = IMAGE_TAG, force: bool = False) -> str:
             run_checked([*argv, str(tarball), tag], what="importing the test image", timeout=300)
         logger.info("built test image %s (%s)", tag, digest[:12])
         return tag
+
+
+def user_image(base: str, *, tag: str = "x11passthrough-test-user:latest") -> str:
+    """
+    Return an image like `base` whose default user is ``user`` (uid 1000): a ``USER`` line.
+
+    Built with ``docker build`` from the local `base` (no registry), and rebuilt only when
+    `base` changed.
+    """
+    done = run_checked(["docker", "image", "inspect", "--format", "{{.Id}}", base], what="base")
+    base_id = done.stdout.strip()
+    label = "org.x11passthrough.test-image.base"
+    found = subprocess.run(
+        ["docker", "images", "-q", "--filter", f"label={label}={base_id}", tag],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode == 0 and found.stdout.strip():
+        return tag
+    dockerfile = f"FROM {base_id}\nLABEL {label}={base_id}\nUSER {_USER_ID}\n"
+    run_checked(
+        ["docker", "build", "-q", "-t", tag, "-"],
+        what="building the non-root test image",
+        stdin_text=dockerfile,
+        timeout=300,
+    )
+    return tag

@@ -175,10 +175,19 @@ def _wildcard_check(port: int) -> tuple[bool, socket.socket | None]:
 
 
 def reserve(
-    numbers: Sequence[int], bind: Sequence[IPAddress], places: ServerPlaces
+    numbers: Sequence[int],
+    bind: Sequence[IPAddress],
+    places: ServerPlaces,
+    *,
+    abstract: bool = False,
 ) -> Reservation:
     """
     Claim the first free number of `numbers` and listen on port 6000+M of each `bind` address.
+
+    With `abstract`, the claim is (also) a listener on the abstract socket
+    ``@socket_dir/XM``: a client of ``:M`` in this network namespace (an ``--network host``
+    container) tries that name first, so it must be ours, not a squatter's. Without `bind`,
+    TCP port 6000+M is then neither checked nor used.
 
     The arguments are already valid (see :mod:`x11passthrough._validate`); the public
     :meth:`~x11passthrough.display.DisplayLocator.reserve` documents the rules.
@@ -193,12 +202,18 @@ def reserve(
     for number in numbers:
         reason = held_by_server(number, places)
         if reason is None:
-            reservation = _try_bind(number, plan)
+            reservation = _try_claim(
+                number, plan, places.socket_path(number) if abstract else None
+            )
             if reservation is not None:
                 logger.debug("reserved display number %d on %s", number, reservation.addresses)
                 return reservation
             busy += 1
-            reason = f"TCP port {X_TCP_PORT + number} is in use"
+            reason = (
+                f"TCP port {X_TCP_PORT + number} is in use"
+                if plan
+                else f"abstract socket @{places.socket_path(number)} is in use"
+            )
         else:
             held += 1
         logger.debug("display number %d is taken: %s", number, reason)
@@ -263,13 +278,36 @@ def _abstract_in_use(path: str, timeout: float) -> str | None:
     return f"abstract socket @{path} answers"
 
 
-def _try_bind(number: int, plan: list[tuple[str, socket.AddressFamily]]) -> Reservation | None:
+def _claim_abstract(path: str) -> socket.socket | None:
+    """Listen on the abstract socket named `path`; return None when someone holds it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind("\0" + path)
+        sock.listen()
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            return None
+        raise BindError(e.errno, f"cannot listen on abstract socket @{path}: {e.strerror}") from e
+    return sock
+
+
+def _try_claim(
+    number: int, plan: list[tuple[str, socket.AddressFamily]], abstract: str | None
+) -> Reservation | None:
     port = X_TCP_PORT + number
-    in_use, check = _wildcard_check(port)
-    if in_use:
-        return None
+    check = None
+    if plan:
+        in_use, check = _wildcard_check(port)
+        if in_use:
+            return None
     sockets: list[socket.socket] = []
     try:
+        if abstract is not None:
+            claim = _claim_abstract(abstract)
+            if claim is None:
+                return None
+            sockets.append(claim)
         for address, family in plan:
             sockets.append(_listen(address, family, port))
     except _PortInUseError:
@@ -283,7 +321,11 @@ def _try_bind(number: int, plan: list[tuple[str, socket.AddressFamily]]) -> Rese
     finally:
         if check is not None:
             check.close()
-    addresses = tuple((str(s.getsockname()[0]), int(s.getsockname()[1])) for s in sockets)
+    addresses = tuple(
+        (str(s.getsockname()[0]), int(s.getsockname()[1]))
+        for s in sockets
+        if s.family != socket.AF_UNIX
+    )
     return Reservation(number=number, sockets=tuple(sockets), addresses=addresses)
 
 
