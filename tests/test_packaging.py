@@ -76,6 +76,7 @@ def test_the_front_door_is_small() -> None:
         "AuthMode",
         "DockerRunArgs",
         "RelayStats",
+        "Transport",
         "X11Passthrough",
         "X11PassthroughError",
         "exceptions",

@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from x11passthrough import DockerRunArgs, X11Passthrough
+from x11passthrough import DockerRunArgs, Transport, X11Passthrough
 from x11passthrough.xauth import Xauthority
 
 from infra.ci import require_executables
@@ -29,7 +29,7 @@ from infra.xvfb import XServer
 
 pytestmark = pytest.mark.e2e
 RANGE = range(700, 800)
-TRANSPORTS = ["unix", "tcp"]
+TRANSPORTS: list[Transport] = ["unix", "tcp"]
 
 
 def number(args: DockerRunArgs) -> int:
@@ -290,7 +290,7 @@ def test_network_namespace_stands_in_for_a_container(
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_ssh_forwarded_display(
-    xvfb: XServer, sshd_x11: Sshd, x11_image: str, transport: str
+    xvfb: XServer, sshd_x11: Sshd, x11_image: str, transport: Transport
 ) -> None:
     """An SSH-forwarded display (TCP localhost:10) is found over TCP and lent to a container."""
     with sshd_x11.ssh_session(xvfb) as forwarded:

@@ -20,6 +20,7 @@ from ._args import DockerRunArgs
 from ._options import AuthMode
 from ._passthrough import X11Passthrough
 from ._relay.stats import RelayStats
+from ._transport import Transport
 from .exceptions import X11PassthroughError
 
 
@@ -27,6 +28,7 @@ __all__ = [
     "AuthMode",
     "DockerRunArgs",
     "RelayStats",
+    "Transport",
     "X11Passthrough",
     "X11PassthroughError",
     "exceptions",
