@@ -17,6 +17,7 @@ import pytest
 from x11passthrough.display import DisplayLocator, DisplayName, Endpoint
 from x11passthrough.exceptions import DisplayError, DisplayNameError, DisplayNotFoundError
 
+from infra.users import free_display
 from infra.xvfb import XServer
 
 
@@ -78,7 +79,9 @@ def test_locate_prefers_the_socket_and_uses_tcp_last(
     for text in (f"unix:{xvfb_tcp.number}", f"unix/:{xvfb_tcp.number}"):
         assert locator.locate(text) == Endpoint.unix(xvfb_tcp.unix_path)
     # A server without sockets is reached over TCP, the last resort.
-    tcp_only = xvfb_factory(tcp=True, extra_args=("-nolisten", "unix", "-nolisten", "local"))
+    tcp_only = xvfb_factory(
+        tcp=True, extra_args=("-nolisten", "unix", "-nolisten", "local"), number=free_display()
+    )
     endpoint = locator.locate(tcp_only.display)
     assert endpoint == Endpoint.tcp("localhost", tcp_only.tcp_port)
     assert setup_status(endpoint, tcp_only.cookie) == 1

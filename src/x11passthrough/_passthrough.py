@@ -423,6 +423,7 @@ class X11Passthrough:
                 connect_timeout=opts.connect_timeout,
                 allow=allow,
                 refresh_allow=refresh_allow,
+                hidden=upstream.hidden,
             ),
             args=lent.args,
             upstream=upstream,

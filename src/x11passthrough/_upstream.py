@@ -19,7 +19,8 @@ from ._cleanup import Cleanup
 from ._display._endpoint import Endpoint
 from ._display._locate import DisplayConnection
 from ._display._owner import ownership_problem
-from ._x11.handshake import CookieKeeper, handshake
+from ._x11.handshake import CookieKeeper, handshake, query_extensions
+from ._x11.requests import BIG_REQUESTS, HIDDEN_EXTENSIONS, Hidden
 from ._x11.security import SecurityClient, UntrustedCookie
 from ._x11.wire import MIT_MAGIC_COOKIE_1, SetupStatus
 from ._x11.xlib import SetupRefusedError, open_display
@@ -48,6 +49,8 @@ class Upstream:
         keeper: In ``untrusted`` mode, the connection that holds the untrusted cookie.
         untrusted: In ``untrusted`` mode, the cookie (its id names it to the server).
         trusted_owners: Who may own the endpoint (None: root and the current user).
+        hidden: The extensions the relay keeps from its clients, numbered by this server
+            (None in ``untrusted`` mode: the server keeps them from untrusted clients).
     """
 
     endpoint: Endpoint
@@ -56,6 +59,7 @@ class Upstream:
     keeper: CookieKeeper | None = None
     untrusted: UntrustedCookie | None = None
     trusted_owners: Collection[int] | None = None
+    hidden: Hidden | None = None
 
     def check(self, sock: socket.socket) -> str | None:
         """Return why a new relay connection to the display must not be used, or None."""
@@ -97,12 +101,13 @@ class HostSide:
         if not untrusted:
             with connection:
                 real = self._real_cookie(connection)
-                self._check(connection, real)
+                hidden = self._check(connection, real)
             return Upstream(
                 endpoint=connection.endpoint,
                 real=real,
                 present=real,
                 trusted_owners=self.trusted_owners,
+                hidden=hidden,
             )
         try:
             real = self._real_cookie(connection)
@@ -154,8 +159,8 @@ class HostSide:
             f"{reason.strip() or 'no reason given'}; {hint}"
         )
 
-    def _check(self, connection: DisplayConnection, real: bytes | None) -> None:
-        """Make one X11 setup with the cookie the relay will present, on the locate connection."""
+    def _check(self, connection: DisplayConnection, real: bytes | None) -> Hidden:
+        """Prove the cookie the relay will present; learn the opcodes of the hidden extensions."""
         try:
             reply = handshake(
                 connection.socket,
@@ -163,12 +168,24 @@ class HostSide:
                 real or b"",
                 timeout=self.connect_timeout,
             )
+            if reply.status is SetupStatus.SUCCESS:
+                found = query_extensions(
+                    connection.socket,
+                    [*HIDDEN_EXTENSIONS, BIG_REQUESTS],
+                    timeout=self.connect_timeout,
+                )
         except X11SetupError as e:
             raise DisplayError(f"the X display at {connection.endpoint}: {e}") from e
         if reply.status is not SetupStatus.SUCCESS:
             raise self._refused(connection, real, reply.reason)
         if real is None:
             logger.info("the X display %s admits clients without a cookie", connection.name)
+        majors = frozenset(m for n, m in found.items() if n in HIDDEN_EXTENSIONS and m is not None)
+        return Hidden(
+            names=frozenset(HIDDEN_EXTENSIONS),
+            majors=majors,
+            big_requests=found[BIG_REQUESTS],
+        )
 
     def _untrusted_cookie(
         self, connection: DisplayConnection, real: bytes | None, cleanup: Cleanup

@@ -132,8 +132,12 @@ def _xvfb_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
     """Start any number of private Xvfb servers; all are stopped after the test."""
     servers: list[XServer] = []
 
-    def start(*, tcp: bool = False, extra_args: tuple[str, ...] = ()) -> XServer:
-        server = start_xvfb(tmp_path_factory.mktemp("xvfb"), tcp=tcp, extra_args=extra_args)
+    def start(
+        *, tcp: bool = False, extra_args: tuple[str, ...] = (), number: int | None = None
+    ) -> XServer:
+        server = start_xvfb(
+            tmp_path_factory.mktemp("xvfb"), tcp=tcp, extra_args=extra_args, number=number
+        )
         servers.append(server)
         return server
 

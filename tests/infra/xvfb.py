@@ -104,13 +104,22 @@ class XServer:
         self.owner_record.unlink(missing_ok=True)
 
 
-def start_xvfb(workdir: Path, *, tcp: bool = False, extra_args: tuple[str, ...] = ()) -> XServer:
+def start_xvfb(
+    workdir: Path,
+    *,
+    tcp: bool = False,
+    extra_args: tuple[str, ...] = (),
+    number: int | None = None,
+) -> XServer:
     """
     Start Xvfb on a free display with a fresh MIT-MAGIC-COOKIE-1 and wait until it answers.
 
     The server picks its own free display number (``-displayfd``), which also handles stale
-    lock files. The client authority file is written with the real ``xauth`` program, so the
-    fixture does not depend on the code under test.
+    lock files, unless `number` is given. ``-displayfd`` takes no lock file and judges a number
+    by the sockets it listens on, so a server without UNIX sockets needs `number` (from
+    :func:`infra.users.free_display`): it could otherwise pick the number of a running server.
+    The client authority file is written with the real ``xauth`` program, so the fixture does
+    not depend on the code under test.
     """
     require_executables("Xvfb", "xauth")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +132,8 @@ def start_xvfb(workdir: Path, *, tcp: bool = False, extra_args: tuple[str, ...] 
         capture_output=True,
     )
     read_fd, write_fd = os.pipe()
-    args = ["Xvfb", "-displayfd", str(write_fd), "-auth", str(server_auth)]
+    chosen = ["-displayfd", str(write_fd)] if number is None else [f":{number}"]
+    args = ["Xvfb", *chosen, "-auth", str(server_auth)]
     # -noreset: keep access-control changes (xhost) when the last client disconnects.
     args += ["-screen", "0", "1024x768x24", "-noreset"]
     args += ["-listen", "tcp"] if tcp else ["-nolisten", "tcp"]
@@ -141,7 +151,8 @@ def start_xvfb(workdir: Path, *, tcp: bool = False, extra_args: tuple[str, ...] 
     owner_record = STATE_DIR / f"{process.pid}.owner"
     owner_record.write_text(str(os.getpid()))
     try:
-        number = _read_display_number(read_fd, process, workdir)
+        if number is None:
+            number = _read_display_number(read_fd, process, workdir)
         subprocess.run(
             ["xauth", "-f", str(client_auth), "add", f":{number}", ".", cookie.hex()],
             check=True,

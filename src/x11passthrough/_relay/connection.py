@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._x11.gate import Accept, Reject
+from .._x11.requests import RequestFilter
 from .._x11.wire import failed_reply
 from .flows import HAVE_SPLICE, MAX_SPLICE_PIPES, PIPE_SIZE, CopyFlow, Flow, SpliceFlow
 from .options import SetupFilter
@@ -159,6 +160,13 @@ class Connection:
             await self._upstream_refused(f"x11passthrough: {problem}")
             return
         self.upstream = upstream
+        hidden = self._path.options.hidden
+        request_filter = None if hidden is None else RequestFilter(hidden)
+        if request_filter is not None and forward:
+            forward = bytes(request_filter.feed(bytearray(forward)))
+            if request_filter.problem is not None:
+                self.fail(f"x11passthrough: {request_filter.problem}")
+                return
         if forward:
             try:
                 await self.loop.sock_sendall(upstream, forward)
@@ -168,7 +176,7 @@ class Connection:
             self._path.counters.bytes_up += len(forward)
             self.forwarded = len(forward)
         self.received = b""
-        self._start_flows(upstream)
+        self._start_flows(upstream, request_filter)
 
     async def _negotiate(self, setup_filter: SetupFilter) -> bytes | None:
         """Collect the client's setup until the filter decides; return what to forward."""
@@ -365,7 +373,7 @@ class Connection:
                         break
         self.close(reason)
 
-    def _start_flows(self, upstream: socket.socket) -> None:
+    def _start_flows(self, upstream: socket.socket, request_filter: RequestFilter | None) -> None:
         path = self._path
         options = path.options
         client = self.client
@@ -374,6 +382,7 @@ class Connection:
             pipe = None
             if (
                 options.splice
+                and not (up and request_filter is not None)
                 and HAVE_SPLICE
                 and src.family in TCP_FAMILIES
                 and path.pipes_open < MAX_SPLICE_PIPES
@@ -385,7 +394,10 @@ class Connection:
                 flows.append(CopyFlow(self, path, self.loop, src, dst, up=up))
         self.flows = tuple(flows)
         for flow in flows:
-            flow.start()
+            if flow.up and isinstance(flow, CopyFlow):
+                flow.start(request_filter)
+            else:
+                flow.start()
 
     def sent_eof(self, sock: socket.socket) -> bool:
         """Tell whether `sock` (the client or the upstream socket) sent EOF."""

@@ -14,10 +14,14 @@ import fcntl
 import os
 import socket
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .sockets import describe_error
 from .stats import DataPath
+
+
+if TYPE_CHECKING:
+    from .._x11.requests import RequestFilter
 
 
 #: A read at least this large is bulk transfer: the relay's loop then sleeps at once instead
@@ -239,14 +243,20 @@ class Flow:
 
 
 class CopyFlow(Flow):
-    """A direction that moves bytes through user space, copying only what `dst` refuses."""
+    """
+    A direction that moves bytes through user space, copying only what `dst` refuses.
 
-    __slots__ = ("_backlog", "_offset")
+    With a :class:`~x11passthrough._x11.requests.RequestFilter` (the client's direction), every
+    byte passes the filter first, which may rewrite it or hold it back for the next read.
+    """
 
-    def start(self) -> None:
+    __slots__ = ("_backlog", "_filter", "_offset")
+
+    def start(self, request_filter: RequestFilter | None = None) -> None:
         """Start with an empty backlog (its slots are set here: the constructor is Flow's)."""
         self._backlog = bytearray()
         self._offset = 0
+        self._filter = request_filter
         super().start()
 
     def _on_readable(self) -> None:
@@ -265,12 +275,18 @@ class CopyFlow(Flow):
             return
         if n >= BULK_READ:
             self._activity.bulk = True
+        data: bytearray | memoryview = scratch[:n]
+        if self._filter is not None:
+            data = self._filtered(self._filter, data)
+            n = len(data)
+            if not n:
+                return
         if pending:
-            self._backlog += scratch[:n]
+            self._backlog += data
             self.pending = pending + n
         else:
             try:
-                sent = self._dst.send(scratch[:n])
+                sent = self._dst.send(data)
             except _RETRY:
                 sent = 0
             except OSError as exc:
@@ -279,12 +295,23 @@ class CopyFlow(Flow):
             self._count(sent)
             if sent == n:
                 return
-            self._backlog += scratch[sent:n]
+            self._backlog += data[sent:]
             self.pending = n - sent
             self._want_write()
         self._account()
         if self.pending >= self._high:
             self._pause()
+
+    def _filtered(
+        self, request_filter: RequestFilter, data: bytearray | memoryview
+    ) -> bytearray | memoryview:
+        """Pass `data` through the request filter; empty if it holds all back or failed."""
+        passed = request_filter.feed(data)
+        problem = request_filter.problem
+        if problem is not None:
+            self._conn.fail(f"x11passthrough: {problem}")
+            return passed[:0]
+        return passed
 
     def _on_writable(self) -> None:
         backlog = self._backlog

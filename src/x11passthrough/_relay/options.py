@@ -19,6 +19,7 @@ from ..exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from .._x11.gate import Accept, Reject
+    from .._x11.requests import Hidden
 
 
 #: A setup filter: called with every byte a client sent so far, returns ``None`` for "need
@@ -128,6 +129,9 @@ class RelayOptions:
             before it is dropped; 0 never drops. Requests already queued keep the X server
             producing replies while the relay holds back, and Xvfb 21.1.7 was seen to buffer
             about 800 MB/s for such a client and to crash near 2 GB, so this is short.
+        hidden: Extensions no client may use (see :mod:`x11passthrough._x11.requests`): each
+            client's requests are followed and rewritten so the server hides them. None
+            passes requests unchanged (an untrusted client never sees them anyway).
         busy_poll: Seconds a relay that owns its event loop keeps polling after small
             exchanges before it sleeps; 0 disables it. This trades some CPU while clients
             are busy for less than half the added round-trip latency; an idle relay uses none.
@@ -153,6 +157,7 @@ class RelayOptions:
     fd_reserve: int | None = attrs.field(default=None, converter=_fd_reserve)
     stall_timeout: float = attrs.field(default=DEFAULT_STALL_TIMEOUT, converter=_stall_timeout)
     busy_poll: float = attrs.field(default=DEFAULT_BUSY_POLL, converter=_busy_poll)
+    hidden: Hidden | None = None
 
     @low_water.validator
     def _check_low_water(self, _attribute: object, value: object) -> None:
