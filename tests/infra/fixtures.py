@@ -12,6 +12,7 @@ Fixtures:
   ``scripts/start-dockerd`` when running as root and no engine answers, and stops it at the end
   of the session only if it started it.
 - ``x11_image`` (session): the tag of the X client test image (built once, then cached).
+- ``distro_image`` (session): the Debian image of the app matrix (:mod:`infra.distro`).
 - ``docker_gateway`` (session): the host's IPv4 address on Docker's default bridge.
 - ``netns`` (function): a factory of network namespaces joined to the host by veth pairs.
 - ``sshd_x11`` (session): a private sshd with X11 forwarding (:class:`infra.sshd.Sshd`).
@@ -35,6 +36,7 @@ from .docker import (
     start_dockerd,
     stop_dockerd,
 )
+from .distro import build_distro_image
 from .images import build_x11_image, missing_image_tools
 from .network import NetNamespace, create_netns, reap_stale_netns
 from .sshd import SSHD, Sshd, start_sshd
@@ -88,6 +90,19 @@ def _x11_image(docker_client: docker.DockerClient) -> str:
         f"missing {', '.join(missing)}; install x11-utils x11-apps xauth python3 busybox-static",
     )
     return build_x11_image()
+
+
+@pytest.fixture(scope="session", name="distro_image")
+def _distro_image(docker_client: docker.DockerClient) -> str:
+    """
+    The tag of the app-matrix image: Debian bookworm with Tk, GTK 3, Qt 5, Mesa, x11-apps.
+
+    Built once with debootstrap and apt through this machine's mirror (about 95 s), then
+    cached by its inputs.
+    """
+    require("root (debootstrap, chroot)", _is_root(), "run the e2e tests as root")
+    require_executables("docker", "debootstrap")
+    return build_distro_image()
 
 
 @pytest.fixture(scope="session", name="docker_gateway")

@@ -340,8 +340,8 @@ class _BytesReader:
         return chunk
 
 
-def _image_label(reference: str) -> str | None:
-    """Return the inputs label of a local image, or None when there is no such image."""
+def image_label(reference: str, label: str) -> str | None:
+    """Return the value of `label` on a local image, or None (no such image or label)."""
     done = subprocess.run(
         ["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", reference],
         capture_output=True,
@@ -351,14 +351,38 @@ def _image_label(reference: str) -> str | None:
     if done.returncode != 0:
         return None
     labels = json.loads(done.stdout.strip() or "null") or {}
-    return labels.get(IMAGE_INPUTS_LABEL)
+    value = labels.get(label)
+    return value if isinstance(value, str) else None
+
+
+def reuse_cached(tag: str, label: str, digest: str) -> bool:
+    """
+    Point `tag` at a local image whose `label` is `digest`, if there is one.
+
+    Returns:
+        True when `tag` now names an image built from the same inputs (nothing to build).
+    """
+    if image_label(tag, label) == digest:
+        logger.debug("image %s is up to date (%s)", tag, digest[:12])
+        return True
+    done = subprocess.run(
+        ["docker", "images", "-q", "--filter", f"label={label}={digest}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = done.stdout.split()
+    if done.returncode != 0 or not found:
+        return False
+    run_checked(["docker", "tag", found[0], tag], what=f"tagging the cached image as {tag}")
+    return True
 
 
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
-    """Serialise image builds of concurrent test processes."""
+def build_lock(name: str = "image-build.lock") -> Iterator[None]:
+    """Serialise image builds of concurrent test processes (a lock file in the state dir)."""
     STATE_DIR.mkdir(mode=0o700, exist_ok=True)
-    with (STATE_DIR / "image-build.lock").open("a") as lock:
+    with (STATE_DIR / name).open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -388,23 +412,11 @@ def build_x11_image(*, tag: str = IMAGE_TAG, force: bool = False) -> str:
     """
     if shutil.which("docker") is None:
         raise E2ESetupError("cannot build the test image: no `docker` program on PATH")
-    with _build_lock():
+    with build_lock():
         inputs = collect_image_inputs()
         digest = inputs.digest
-        if not force:
-            if _image_label(tag) == digest:
-                logger.debug("test image %s is up to date (%s)", tag, digest[:12])
-                return tag
-            done = subprocess.run(
-                ["docker", "images", "-q", "--filter", f"label={IMAGE_INPUTS_LABEL}={digest}"],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            found = done.stdout.split()
-            if done.returncode == 0 and found:
-                run_checked(["docker", "tag", found[0], tag], what="tagging the cached test image")
-                return tag
+        if not force and reuse_cached(tag, IMAGE_INPUTS_LABEL, digest):
+            return tag
         with tempfile.TemporaryDirectory(prefix="x11pt-image-") as tmp:
             tarball = Path(tmp) / "rootfs.tar"
             with tarball.open("wb") as out:
