@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .ci import E2ESetupError, require, require_executables
+from .distro import build_distro_image
 from .docker import (
     START_DOCKERD,
     docker_engine_answers,
@@ -36,7 +37,6 @@ from .docker import (
     start_dockerd,
     stop_dockerd,
 )
-from .distro import build_distro_image
 from .images import build_x11_image, missing_image_tools
 from .network import NetNamespace, create_netns, reap_stale_netns
 from .sshd import SSHD, Sshd, start_sshd
