@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from . import _child
 from ._args import DockerRunArgs
 from ._passthrough import X11Passthrough
+from ._transport import EngineChoice
 from .exceptions import X11PassthroughError
 
 
@@ -56,6 +57,20 @@ def splice(command: Sequence[str], args: DockerRunArgs) -> list[str]:
     )
 
 
+def engine_of(command: Sequence[str]) -> EngineChoice:
+    """
+    Return the engine a wrapped command runs on: ``podman`` for Podman, else ``auto``.
+
+    A ``docker`` command may reach Podman too (podman-docker), which detection tells; only
+    a ``podman`` command names its engine for sure.
+    """
+    for word in command:
+        name = os.path.basename(word)
+        if name in _ENGINES:
+            return "podman" if name == "podman" else "auto"
+    return "auto"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="x11passthrough",
@@ -72,6 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind", action="append", help="address for the relay (repeatable)")
     parser.add_argument("--allow", action="append", help="client network, CIDR (repeatable)")
     parser.add_argument("--host-dir", help="directory for the session's authority file")
+    parser.add_argument(
+        "--transport",
+        choices=["auto", "unix", "tcp"],
+        default="auto",
+        help="how containers reach the display (default: chosen by the engine)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["auto", "docker", "podman", "desktop"],
+        help="the container engine (default: the wrapped command's, else asked over its API)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a command with the arguments spliced in")
@@ -100,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bind=opts.bind,
             allow=opts.allow,
             host_dir=opts.host_dir,
+            transport=opts.transport,
+            engine=opts.engine or engine_of(command),
         )
         if command:
             with passthrough as args:

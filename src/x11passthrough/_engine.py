@@ -27,6 +27,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 
 from collections.abc import Mapping
@@ -152,6 +153,64 @@ def networks(*, timeout: float = DEFAULT_TIMEOUT) -> list[IPNetwork]:
         except OSError as e:
             logger.debug("engine at %s: %s", path, e)
     return list(dict.fromkeys(found))
+
+
+#: Podman's built-in default network (``[network] default_subnet`` of containers.conf).
+PODMAN_DEFAULT_SUBNET = ipaddress.IPv4Network("10.88.0.0/16")
+_CONTAINERS_CONF_FILES = (
+    "/usr/share/containers/containers.conf",
+    "/etc/containers/containers.conf",
+)
+_DEFAULT_SUBNET = re.compile(r'^\s*default_subnet\s*=\s*"([^"]+)"', re.MULTILINE)
+_SECTION = re.compile(r"^\s*\[([^\]]+)\]", re.MULTILINE)
+
+
+def podman_default_network(environ: Mapping[str, str] | None = None) -> IPNetwork:
+    """
+    Return the subnet of rootful Podman's default network, from Podman's own configuration.
+
+    The network has no file and no interface until a container uses it, so it is read where
+    Podman reads it: ``default_subnet`` in the ``[network]`` table of containers.conf (the
+    file ``CONTAINERS_CONF`` names, which Podman reads instead of the system files; else the
+    system files and ``/etc/containers/containers.conf.d``, the last one that sets it wins),
+    else Podman's built-in 10.88.0.0/16.
+    """
+    env = os.environ if environ is None else environ
+    named = env.get("CONTAINERS_CONF")
+    paths = [named] if named else list(_CONTAINERS_CONF_FILES)
+    if not named:
+        try:
+            extra = sorted(Path("/etc/containers/containers.conf.d").glob("*.conf"))
+        except OSError:
+            extra = []
+        paths += [str(p) for p in extra]
+    found: IPNetwork = PODMAN_DEFAULT_SUBNET
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        value = _network_table_value(text)
+        if value is None:
+            continue
+        try:
+            found = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            logger.debug("%s: default_subnet %r is not a network", path, value)
+    return found
+
+
+def _network_table_value(text: str) -> str | None:
+    """Return ``default_subnet`` of the ``[network]`` table of a containers.conf text."""
+    sections = [(m.start(), m.group(1).strip()) for m in _SECTION.finditer(text)]
+    for match in _DEFAULT_SUBNET.finditer(text):
+        table = ""
+        for start, name in sections:
+            if start < match.start():
+                table = name
+        if table == "network":
+            return match.group(1)
+    return None
 
 
 EngineKind = Literal["docker", "podman", "desktop"]

@@ -403,7 +403,11 @@ class X11Passthrough:
             def refresh_allow() -> tuple[IPNetwork, ...]:
                 # Facts, not names: the bound networks, this host's own addresses (its
                 # processes and --network host containers), and every engine network.
-                return tuple(dict.fromkeys([*_netinfo.networks_for(bound), *_engine.networks()]))
+                return tuple(
+                    dict.fromkeys(
+                        [*_netinfo.networks_for(bound), *chosen.networks, *_engine.networks()]
+                    )
+                )
 
             allow = refresh_allow()
         logger.info(

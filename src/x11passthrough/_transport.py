@@ -34,7 +34,7 @@ from ._args import DockerRunArgs
 from ._cleanup import Cleanup
 from ._display._reserve import ServerPlaces, reserve
 from ._relay.options import Listener, SetupFilter
-from ._validate import IPAddress
+from ._validate import IPAddress, IPNetwork
 from ._x11.wire import MIT_MAGIC_COOKIE_1
 from ._xauth.format import Family, XauthEntry, dump
 from .exceptions import ConfigurationError, X11PassthroughError
@@ -64,6 +64,10 @@ class Plan:
     host_alias: str | None = None
     gateway: str | None = None
     host_dir: Path | None = None
+    #: The bind address may not exist yet (Podman's bridge appears with its first container).
+    freebind: bool = False
+    #: Container networks known from the engine's configuration (its API may not be running).
+    networks: tuple[IPNetwork, ...] = ()
 
 
 def plan(
@@ -111,10 +115,21 @@ def plan(
         # Docker Desktop shares only paths under $HOME with its VM.
         host_dir = Path.home() / ".cache" / "x11passthrough"
         host_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if bind:
+        return Plan(
+            transport="tcp",
+            engine=found,
+            bind=bind,
+            host_alias=alias,
+            gateway=gateway,
+            host_dir=host_dir,
+        )
+    if kind == "podman":
+        return _podman_plan(found, alias, host_dir)
     return Plan(
         transport="tcp",
         engine=found,
-        bind=bind or _default_bind(kind),
+        bind=_default_bind(kind),
         host_alias=alias,
         gateway=gateway,
         host_dir=host_dir,
@@ -125,29 +140,65 @@ def _default_bind(kind: str) -> tuple[IPAddress, ...]:
     if kind == "desktop":
         # The VM's host.docker.internal is forwarded to the host's loopback (vpnkit, gvproxy).
         return (ipaddress.IPv4Address("127.0.0.1"),)
-    gateway = _netinfo.docker_gateway() if kind == "docker" else _engine_gateway()
+    gateway = _netinfo.docker_gateway()
     if gateway is None:
         raise ConfigurationError(
-            f"transport='tcp' with {kind}: no bridge address of this host is known where "
+            "transport='tcp' with Docker Engine: this host has no docker0 address where "
             "containers reach it; pass bind=... (an address of this host the containers can "
             "reach), or use transport='unix'"
         )
     return (ipaddress.ip_address(gateway),)
 
 
-def _engine_gateway() -> str | None:
-    """Return the gateway of the engine's first network that has one (Podman's 10.88.0.1)."""
-    for path in _engine.api_sockets():
-        if not os.path.exists(path):
-            continue
-        try:
-            answer = _engine.get(path, "/networks")
-        except OSError:
-            continue
-        for network in answer if isinstance(answer, list) else []:
-            for config in (network.get("IPAM") or {}).get("Config") or []:
-                if isinstance(config, dict) and config.get("Gateway"):
-                    return str(config["Gateway"])
+def _podman_plan(found: _engine.Engine | None, alias: str, host_dir: Path | None) -> Plan:
+    """
+    TCP for rootful Podman: its ``host.containers.internal`` is the default network's gateway.
+
+    That address exists only while a container uses the network, so the relay binds it with
+    ``IP_FREEBIND``. Rootless Podman's containers reach the host through slirp4netns, which
+    has no address of this host to bind short of the LAN's: it must use the UNIX transport.
+    """
+    rootless = found.rootless if found is not None else os.geteuid() != 0
+    if rootless:
+        raise ConfigurationError(
+            "transport='tcp' with rootless Podman: its containers reach this host only "
+            "through slirp4netns, i.e. on this host's network addresses; use "
+            "transport='unix' (the default), or pass bind=... to choose an address yourself"
+        )
+    answered = found.socket if found is not None and found.kind == "podman" else None
+    gateway = _engine_gateway(answered) if answered else None
+    if gateway is not None:
+        return Plan(
+            transport="tcp",
+            engine=found,
+            bind=(ipaddress.ip_address(gateway),),
+            host_alias=alias,
+            host_dir=host_dir,
+        )
+    network = _engine.podman_default_network()
+    first = ipaddress.ip_address(next(network.hosts()).exploded)
+    logger.debug("rootful Podman without an API service: its default network %s", network)
+    return Plan(
+        transport="tcp",
+        engine=found,
+        bind=(first,),
+        host_alias=alias,
+        host_dir=host_dir,
+        freebind=True,
+        networks=(network,),
+    )
+
+
+def _engine_gateway(path: str) -> str | None:
+    """Return the gateway of the first network (with one) of the engine API at `path`."""
+    try:
+        answer = _engine.get(path, "/networks")
+    except OSError:
+        return None
+    for network in answer if isinstance(answer, list) else []:
+        for config in (network.get("IPAM") or {}).get("Config") or []:
+            if isinstance(config, dict) and config.get("Gateway"):
+                return str(config["Gateway"])
     return None
 
 
@@ -195,7 +246,7 @@ def lend(
         X11PassthroughError: The session files cannot be written.
     """
     unix = chosen.transport == "unix"
-    reservation = reserve(numbers, chosen.bind, places, abstract=unix)
+    reservation = reserve(numbers, chosen.bind, places, abstract=unix, freebind=chosen.freebind)
     cleanup.add("releasing the display number", reservation.close)
     number = reservation.number
     listeners = [Listener(sock, strict) for sock in reservation.sockets]

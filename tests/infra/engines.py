@@ -27,6 +27,7 @@ import http.client
 import itertools
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -549,10 +550,18 @@ class PodmanService:
         self.log_path = Path(tempfile.gettempdir()) / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
+    #: What the service is called in messages.
+    what = "podman system service"
+
     @property
     def url(self) -> str:
         """The socket as a ``unix://`` URL (for ``DOCKER_HOST`` or ``podman --url``)."""
         return f"unix://{self.socket_path}"
+
+    def _invocation(self) -> tuple[list[str], dict[str, str], Path | None]:
+        return podman_invocation(
+            ["system", "service", "--time=0", self.url], rootless=self.rootless, user=self._user
+        )
 
     @property
     def pid(self) -> int | None:
@@ -571,9 +580,7 @@ class PodmanService:
         if not self.rootless:
             self.socket_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
-        argv, env, cwd = podman_invocation(
-            ["system", "service", "--time=0", self.url], rootless=self.rootless, user=self._user
-        )
+        argv, env, cwd = self._invocation()
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 argv,
@@ -590,11 +597,11 @@ class PodmanService:
             if self._process.poll() is not None:
                 code = self._process.returncode
                 self._process = None
-                raise EngineError(f"podman system service exited {code}: {self._log_tail()}")
+                raise EngineError(f"{self.what} exited {code}: {self._log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise EngineError(
-                    f"podman system service did not answer on {self.socket_path} within "
+                    f"{self.what} did not answer on {self.socket_path} within "
                     f"{self._start_timeout} s: {self._log_tail()}"
                 )
             time.sleep(delay)
@@ -637,3 +644,107 @@ class PodmanService:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+#: Debian's script that starts dockerd in rootlesskit's namespaces.
+DOCKERD_ROOTLESS = Path("/usr/share/docker.io/contrib/dockerd-rootless.sh")
+
+
+class RootlessDockerd(PodmanService):
+    """
+    A rootless Docker engine of :data:`TEST_USER` (``dockerd-rootless.sh``), for as long as needed.
+
+    It runs without a network of its own (rootlesskit's host network, no port driver, no
+    bridge, no iptables): the only setup that needs no ``/dev/net/tun`` for the user, which
+    these machines keep root's. Containers then have a loopback only, which is all the UNIX
+    transport needs. Its socket is ``$XDG_RUNTIME_DIR/docker.sock``, where Docker's client and
+    our engine detection look for a rootless engine.
+    """
+
+    what = "rootless dockerd"
+
+    def __init__(self, *, start_timeout: float = 60, user: RootlessUser | None = None) -> None:
+        who = user or rootless_user()
+        super().__init__(
+            rootless=True,
+            socket_path=who.runtime_dir / "docker.sock",
+            start_timeout=start_timeout,
+            user=who,
+        )
+
+    def _invocation(self) -> tuple[list[str], dict[str, str], Path | None]:
+        if not DOCKERD_ROOTLESS.exists():
+            raise EngineError(f"{DOCKERD_ROOTLESS} is missing: install docker.io and rootlesskit")
+        assert self._user is not None
+        env = rootless_env(self._user)
+        env["DOCKERD_ROOTLESS_ROOTLESSKIT_NET"] = "host"
+        env["DOCKERD_ROOTLESS_ROOTLESSKIT_PORT_DRIVER"] = "none"
+        argv = [str(DOCKERD_ROOTLESS), "--iptables=false", "--ip6tables=false", "--bridge=none"]
+        return as_user_argv(self._user, argv), env, self._user.home
+
+    def docker(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a ``docker`` command against this engine (as root, through its socket)."""
+        return subprocess.run(
+            ["docker", *args],
+            env={**os.environ, "DOCKER_HOST": self.url},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+
+    def load(self, image: str) -> None:
+        """Copy `image` from the rootful engine (``docker save`` into ``docker load``)."""
+        if self.docker("image", "inspect", image).returncode == 0:
+            ours = self.docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+            if ours.removeprefix("sha256:") == docker_image_id(image):
+                return
+        with subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE) as save:
+            loaded = subprocess.run(
+                ["docker", "load", "--quiet"],
+                stdin=save.stdout,
+                env={**os.environ, "DOCKER_HOST": self.url},
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=300,
+            )
+        if save.returncode != 0 or loaded.returncode != 0:
+            raise EngineError(f"copying {image} into rootless Docker failed: {loaded.stderr}")
+
+
+#: The pure-Python packages another user's ``/usr/bin/python3`` needs to run the library.
+LIBRARY_PACKAGES = ("x11passthrough", "attr", "attrs", "Xlib", "six")
+
+
+def copy_library(directory: Path) -> Path:
+    """
+    Copy the library and its dependencies, as this process imports them, into `directory`.
+
+    Everything is made readable by every user, so that another user's ``/usr/bin/python3``
+    runs the code under test with ``PYTHONPATH=directory`` (this checkout and the test
+    virtual environment may sit where that user cannot read).
+
+    Returns:
+        `directory`.
+    """
+    import importlib.util
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in LIBRARY_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise EngineError(f"cannot find the package {name} to copy for another user")
+        origin = Path(spec.origin)
+        if origin.name == "__init__.py":
+            shutil.copytree(
+                origin.parent,
+                directory / name,
+                ignore=shutil.ignore_patterns("__pycache__"),
+                dirs_exist_ok=True,
+            )
+        else:
+            shutil.copy2(origin, directory / origin.name)
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return directory

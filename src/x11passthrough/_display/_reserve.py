@@ -113,7 +113,13 @@ class _PortInUseError(Exception):
     """Port 6000+M is taken (internal signal)."""
 
 
-def _listen(address: str, family: socket.AddressFamily, port: int) -> socket.socket:
+#: Linux's IP_FREEBIND and IPV6_FREEBIND (the socket module does not name them).
+_FREEBIND = {socket.AF_INET: (socket.IPPROTO_IP, 15), socket.AF_INET6: (socket.IPPROTO_IPV6, 78)}
+
+
+def _listen(
+    address: str, family: socket.AddressFamily, port: int, *, freebind: bool = False
+) -> socket.socket:
     """Bind and listen on ``address:port``; raise _PortInUseError or BindError."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -122,6 +128,9 @@ def _listen(address: str, family: socket.AddressFamily, port: int) -> socket.soc
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if freebind:
+            # An engine's bridge address that appears only with its first container.
+            sock.setsockopt(*_FREEBIND[family], 1)
         sock.bind((address, port))
         sock.listen()
     except OSError as e:
@@ -180,6 +189,7 @@ def reserve(
     places: ServerPlaces,
     *,
     abstract: bool = False,
+    freebind: bool = False,
 ) -> Reservation:
     """
     Claim the first free number of `numbers` and listen on port 6000+M of each `bind` address.
@@ -187,7 +197,8 @@ def reserve(
     With `abstract`, the claim is (also) a listener on the abstract socket
     ``@socket_dir/XM``: a client of ``:M`` in this network namespace (an ``--network host``
     container) tries that name first, so it must be ours, not a squatter's. Without `bind`,
-    TCP port 6000+M is then neither checked nor used.
+    TCP port 6000+M is then neither checked nor used. With `freebind`, the `bind` addresses
+    need not exist yet (Linux ``IP_FREEBIND``): connections arrive once an interface has one.
 
     The arguments are already valid (see :mod:`x11passthrough._validate`); the public
     :meth:`~x11passthrough.display.DisplayLocator.reserve` documents the rules.
@@ -203,7 +214,7 @@ def reserve(
         reason = held_by_server(number, places)
         if reason is None:
             reservation = _try_claim(
-                number, plan, places.socket_path(number) if abstract else None
+                number, plan, places.socket_path(number) if abstract else None, freebind
             )
             if reservation is not None:
                 logger.debug("reserved display number %d on %s", number, reservation.addresses)
@@ -293,7 +304,10 @@ def _claim_abstract(path: str) -> socket.socket | None:
 
 
 def _try_claim(
-    number: int, plan: list[tuple[str, socket.AddressFamily]], abstract: str | None
+    number: int,
+    plan: list[tuple[str, socket.AddressFamily]],
+    abstract: str | None,
+    freebind: bool,
 ) -> Reservation | None:
     port = X_TCP_PORT + number
     check = None
@@ -309,7 +323,7 @@ def _try_claim(
                 return None
             sockets.append(claim)
         for address, family in plan:
-            sockets.append(_listen(address, family, port))
+            sockets.append(_listen(address, family, port, freebind=freebind))
     except _PortInUseError:
         for sock in sockets:
             sock.close()
