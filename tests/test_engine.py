@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import ipaddress
 import json
+import os
 import socket
 import socketserver
 import threading
@@ -22,6 +23,7 @@ import pytest
 
 from x11passthrough import _engine
 from x11passthrough._transport import plan
+from x11passthrough.exceptions import ConfigurationError
 
 
 DATA = Path(__file__).parent / "data" / "engines"
@@ -149,6 +151,54 @@ def test_podman_over_tcp_uses_its_own_host_name(
         host_dir=None,
     )
     assert (chosen.host_alias, chosen.gateway) == ("host.containers.internal", None)
+
+
+def test_podman_over_tcp_without_its_service_binds_its_gateway_before_it_exists(
+    replay: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """
+    No API to ask: the default network comes from containers.conf, and its gateway (which has
+    no interface before the first container) is bound with IP_FREEBIND.
+    """
+    conf = tmp_path / "containers.conf"
+    conf.write_text(
+        '[containers]\ndefault_subnet = "192.0.2.0/24"\n'
+        '[network]\n# default_subnet = "10.1.0.0/16"\ndefault_subnet = "10.99.0.0/16"\n'
+    )
+    monkeypatch.setenv("CONTAINERS_CONF", str(conf))
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/engine.sock")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert str(_engine.podman_default_network()) == "10.99.0.0/16"
+    chosen = plan(
+        transport="tcp", engine="podman", bind=None, host_alias=None, gateway=None, host_dir=None
+    )
+    assert [str(a) for a in chosen.bind] == ["10.99.0.1"]
+    assert chosen.freebind
+    assert [str(n) for n in chosen.networks] == ["10.99.0.0/16"]
+    conf.write_text("[network]\n")
+    assert str(_engine.podman_default_network()) == "10.88.0.0/16"
+
+
+def test_rootless_podman_has_no_tcp_address_to_lend(
+    replay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its containers reach the host only on the host's own (LAN) addresses: unix only."""
+    path = replay("podman-rootless")
+    if os.geteuid() == 0:
+        os.chown(path, 2000, 2000)  # a rootless engine's socket belongs to its user
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    found = _engine.detect("podman")
+    assert found is not None
+    assert found.rootless
+    with pytest.raises(ConfigurationError, match=r"rootless Podman.*transport='unix'"):
+        plan(
+            transport="tcp",
+            engine="podman",
+            bind=None,
+            host_alias=None,
+            gateway=None,
+            host_dir=None,
+        )
 
 
 def test_a_remote_engine_is_not_on_this_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
