@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 
 #: Where the authority file is mounted in the container, unless told otherwise.
 DEFAULT_CONTAINER_XAUTHORITY = PurePosixPath("/tmp/.x11passthrough.xauth")
+
+_Kwargs = TypeVar("_Kwargs", bound=MutableMapping[str, Any])
 
 
 def _frozen_mapping(value: Mapping[str, str]) -> Mapping[str, str]:
@@ -105,7 +107,7 @@ class DockerRunArgs:
         for host, inside, read_only in self.mounts:
             yield from ("--volume", f"{host}:{inside}:ro" if read_only else f"{host}:{inside}")
 
-    def add_to(self, kwargs: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    def add_to(self, kwargs: _Kwargs) -> _Kwargs:
         """
         Merge these arguments into a packager's keyword arguments, and return them.
 
