@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from x11passthrough import DockerRunArgs
-from x11passthrough._cli import splice
-from x11passthrough.exceptions import X11PassthroughError
-
 from infra.ci import require_executables
 from infra.xvfb import XServer
 
-
-ARGS = DockerRunArgs(display="host.docker.internal:5", xauthority=None)
 
 # Runs xdpyinfo against the relay on loopback, using what the CLI spliced into its argv.
 CLIENT = textwrap.dedent(
@@ -37,24 +31,6 @@ CLIENT = textwrap.dedent(
     sys.exit(subprocess.call(["xdpyinfo"], env=env, stdout=subprocess.DEVNULL))
     """
 )
-
-
-def test_splice_places_the_arguments() -> None:
-    """After `run`/`create` of a container engine, or at the {x11} placeholder."""
-    extra = [*ARGS]
-    assert splice(["docker", "run", "--rm", "img"], ARGS) == [
-        "docker",
-        "run",
-        *extra,
-        "--rm",
-        "img",
-    ]
-    podman = splice(["podman", "--log-level", "info", "create", "img"], ARGS)
-    assert podman == ["podman", "--log-level", "info", "create", *extra, "img"]
-    assert splice(["nerdctl", "run", "img"], ARGS)[2:4] == extra[:2]
-    assert splice(["sh", "-c", "x", "{x11}", "y"], ARGS) == ["sh", "-c", "x", *extra, "y"]
-    with pytest.raises(X11PassthroughError, match="cannot tell where"):
-        splice(["sh", "-c", "true"], ARGS)
 
 
 def test_cli_run_lends_the_display(xvfb: XServer) -> None:
@@ -157,3 +133,216 @@ def test_cli_run_passes_signals_on_and_cleans_up(
     cli.stdout.close()
     assert not session.parent.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "x11passthrough", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("run", "args", "doctor"):
+        assert command in result.stdout
+    assert "--xvfb" in cli("run", "--help").stdout
+
+
+def test_a_dead_display_is_one_line_of_cli_words(xvfb: XServer) -> None:
+    result = cli("--display", ":4242", "run", "--", "docker", "run", "img")
+    assert result.returncode == 2
+    assert result.stderr.startswith("x11passthrough: error: no X server answers for display")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_wrong_cookie_names_the_file(xvfb: XServer, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.xauth"
+    subprocess.run(
+        ["xauth", "-f", str(wrong), "add", xvfb.display, ".", "ab" * 16],
+        check=True,
+        capture_output=True,
+    )
+    result = cli(
+        "--display", xvfb.display, "--xauthority", str(wrong), "run", "--", "docker", "run", "i"
+    )
+    assert result.returncode == 2
+    assert "refused the cookie" in result.stderr
+    assert str(wrong) in result.stderr
+    assert "--xauthority" in result.stderr  # the library's xauthority=... in CLI words
+
+
+def test_a_missing_engine_command_is_one_line(xvfb: XServer, tmp_path: Path) -> None:
+    env = {**xvfb.env(), "PATH": str(tmp_path)}
+    result = cli("run", "--", "docker", "run", "--rm", "img", env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("x11passthrough: error: cannot run 'docker'")
+    assert "on PATH" in result.stderr
+
+
+def test_messages_speak_cli() -> None:
+    from x11passthrough._commands import speak
+
+    assert speak("pass bind=... (an address)") == "pass --bind ... (an address)"
+    assert speak("use transport='unix' (the default)") == "use --transport unix (the default)"
+    assert speak("pass host_dir=... pointing") == "pass --host-dir ... pointing"
+    assert "--display :0 (or --xvfb" in speak("pass X11Passthrough(display=':0')")
+    assert speak("auth='forward' keeps") == "--auth forward keeps"
+
+
+def test_conflicting_options_are_refused_before_anything_starts(xvfb: XServer) -> None:
+    base = ("--display", xvfb.display, "--xauthority", str(xvfb.xauthority))
+    none_tcp = cli(
+        *base, "--transport", "tcp", "run", "--", "docker", "run", "--network", "none", "i"
+    )
+    assert none_tcp.returncode == 2
+    assert "--network none" in none_tcp.stderr
+    forward = cli(*base, "--auth", "forward", "run", "--", "docker", "run", "-u", "1000", "i")
+    assert forward.returncode == 2
+    assert "--auth substitute" in forward.stderr
+    both = cli("--xvfb", *base, "run", "--", "docker", "run", "i")
+    assert both.returncode == 2
+    assert "leave out --display" in both.stderr
+    screen = cli("--xvfb", "--xvfb-screen", "big", "run", "--", "docker", "run", "i")
+    assert screen.returncode == 2
+    assert "--xvfb-screen 'big'" in screen.stderr
+
+
+def hold(
+    *args: str, lines: int, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start `args` (which holds the display), read its first `lines` lines of output."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "x11passthrough", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    return process, [process.stdout.readline() for _ in range(lines)]
+
+
+def finish(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(30)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+    return code
+
+
+def test_args_as_a_compose_override_file(xvfb: XServer) -> None:
+    import yaml
+
+    process, lines = hold(
+        "--display",
+        xvfb.display,
+        "--xauthority",
+        str(xvfb.xauthority),
+        "args",
+        "--format",
+        "compose",
+        "--service",
+        "gui",
+        lines=14,
+    )
+    try:
+        override = yaml.safe_load("".join(lines))
+        service = override["services"]["gui"]
+        assert service["environment"]["DISPLAY"].startswith(":")
+        sources = [v["source"] for v in service["volumes"]]
+        assert all(Path(s).exists() for s in sources)
+        assert {v["target"] for v in service["volumes"]} >= {"/tmp/.x11passthrough.xauth"}
+    finally:
+        assert finish(process) == 128 + signal.SIGTERM
+    assert not any(Path(s).exists() for s in sources)
+
+
+def test_args_as_shell_variables(xvfb: XServer) -> None:
+    process, lines = hold(
+        "--display",
+        xvfb.display,
+        "--xauthority",
+        str(xvfb.xauthority),
+        "args",
+        "--format",
+        "env",
+        lines=6,
+    )
+    try:
+        shown = subprocess.run(
+            ["bash", "-c", "".join(lines) + 'echo "$X11PASSTHROUGH_DISPLAY|$X11PASSTHROUGH_ARGS"'],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        display, argv = shown.split("|")
+        assert display.startswith(":")
+        assert f"DISPLAY={display}" in argv
+        assert "--volume" in argv
+    finally:
+        assert finish(process) == 128 + signal.SIGTERM
+
+
+def test_doctor_passes_on_a_working_display(xvfb: XServer) -> None:
+    result = cli("--display", xvfb.display, "--xauthority", str(xvfb.xauthority), "doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = [line.split()[:2] for line in result.stdout.splitlines() if line[:1] != " "]
+    assert ["ok", "display"] in steps
+    assert ["ok", "cookie"] in steps
+    assert ["ok", "relay"] in steps
+    assert ["ok", "server"] in steps
+    assert "1024x768x24" in result.stdout
+    assert result.stdout.rstrip().endswith("a container would get a working display")
+
+
+@pytest.mark.parametrize("problem", ["no display", "dead display", "wrong cookie"])
+def test_doctor_says_what_is_wrong(xvfb: XServer, tmp_path: Path, problem: str) -> None:
+    env = {k: v for k, v in xvfb.env().items() if k != "DISPLAY"}
+    args: list[str] = []
+    if problem == "dead display":
+        args = ["--display", ":4242"]
+    elif problem == "wrong cookie":
+        wrong = tmp_path / "wrong.xauth"
+        subprocess.run(
+            ["xauth", "-f", str(wrong), "add", xvfb.display, ".", "cd" * 16],
+            check=True,
+            capture_output=True,
+        )
+        args = ["--display", xvfb.display, "--xauthority", str(wrong)]
+    result = cli(*args, "doctor", env=env)
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    step = {"no display": "display", "dead display": "display", "wrong cookie": "cookie"}[problem]
+    assert failed[0].split()[1] == step
+    assert "would not get a working display" in result.stdout or problem != "wrong cookie"
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_xvfb_lends_a_private_display_without_display_set(tmp_path: Path) -> None:
+    require_executables("xdpyinfo")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = cli(
+        "--xvfb",
+        "--xvfb-screen",
+        "800x600",
+        "--bind",
+        "127.0.0.1",
+        "run",
+        "--",
+        sys.executable,
+        "-c",
+        CLIENT.replace("stdout=subprocess.DEVNULL", "stdout=None"),
+        "{x11}",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "800x600 pixels" in result.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import sys
 import threading
 
 from collections.abc import Iterator, Sequence
@@ -76,3 +77,69 @@ def wait_for_signal() -> int:
         while not done.wait(3600):
             pass
     return received[0]
+
+
+def _start(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[str]:
+    try:
+        return subprocess.Popen(list(argv), text=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+    except OSError as e:
+        raise X11PassthroughError(
+            f"cannot run {argv[0]!r}: {e.strerror or e}; is it installed and on PATH?"
+        ) from None
+
+
+def run_detached(argv: Sequence[str], engine: Sequence[str]) -> int:
+    """
+    Run a detached ``ENGINE run -d ...``, then hold on until its container exits.
+
+    The engine prints the container's id and returns at once; the display must stay lent
+    while the container runs, so this waits with ``ENGINE wait ID`` and returns the
+    container's exit status. SIGTERM, SIGHUP and SIGINT are passed on to the container
+    (``ENGINE kill --signal``), as ``docker run`` without ``-d`` passes them on.
+
+    Args:
+        argv: The whole command.
+        engine: The words that run the engine (``docker``, ``sudo podman``, ...).
+
+    Raises:
+        X11PassthroughError: The engine cannot be started.
+    """
+    received: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    with _handlers(note):
+        starter = _start(argv, stdout=subprocess.PIPE)
+        output, _ = starter.communicate()
+        sys.stdout.write(output)
+        sys.stdout.flush()
+        if starter.returncode != 0 or not output.strip():
+            return exit_status(starter.returncode)
+        container = output.strip().splitlines()[-1]
+        for signum in received:
+            _signal(engine, container, signum)
+        sys.stderr.write(
+            f"x11passthrough: holding the display until container {container[:12]} exits\n"
+        )
+        waiter = _start([*engine, "wait", container], stdout=subprocess.PIPE)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        _signal(engine, container, signum)
+
+    with _handlers(forward):
+        status, _ = waiter.communicate()
+    try:
+        return int(status.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return exit_status(waiter.returncode) or 1
+
+
+def _signal(engine: Sequence[str], container: str, signum: int) -> None:
+    name = signal.Signals(signum).name.removeprefix("SIG")
+    subprocess.run(
+        [*engine, "kill", "--signal", name, container],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )

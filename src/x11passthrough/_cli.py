@@ -1,149 +1,133 @@
 """
-The command line: run a container command with the host display lent to it.
+The command line's parser: run, args and doctor.
 
-Strictly private.
+Lend the display to a container command, print the arguments, or explain a setup.
+Strictly private. ``--help`` must be quick, so this module imports only argparse; the
+commands (and the library) are imported once the command line has been read
+(:mod:`._commands`).
 
 ::
 
     x11passthrough run -- docker run --rm IMAGE xeyes
-    x11passthrough args --format json      # print the arguments, hold until Ctrl-C
+    x11passthrough run --xvfb -- docker run --rm IMAGE my-gui-test   # no display: a private one
+    x11passthrough args --format compose --service app > x11.override.yml
+    x11passthrough doctor --image IMAGE
+
+Exit status: ``run`` passes the container command's own on (128+N when signal N ended it);
+2 for our errors and bad usage; 130/143/129 when SIGINT/SIGTERM/SIGHUP ended ``args``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
-import shlex
-import sys
 
 from collections.abc import Sequence
-
-from . import _child
-from ._args import DockerRunArgs
-from ._passthrough import X11Passthrough
-from ._transport import EngineChoice
-from .exceptions import X11PassthroughError
+from typing import Any
 
 
-_ENGINES = {"docker", "podman", "nerdctl"}
-_SUBCOMMANDS = {"run", "create"}
-PLACEHOLDER = "{x11}"
+_PROG = "x11passthrough"
 
 
-def splice(command: Sequence[str], args: DockerRunArgs) -> list[str]:
-    """
-    Insert the container arguments into `command`.
-
-    A ``{x11}`` token is replaced by them; otherwise they go right after the ``run`` or
-    ``create`` of a ``docker``/``podman``/``nerdctl`` command.
-
-    Raises:
-        X11PassthroughError: There is no place for them.
-    """
-    command = list(command)
-    extra = list(args)
-    if PLACEHOLDER in command:
-        i = command.index(PLACEHOLDER)
-        return [*command[:i], *extra, *command[i + 1 :]]
-    if command and os.path.basename(command[0]) in _ENGINES:
-        for i, word in enumerate(command[1:], start=1):
-            if word in _SUBCOMMANDS:
-                return [*command[: i + 1], *extra, *command[i + 1 :]]
-    raise X11PassthroughError(
-        f"cannot tell where the container arguments go in {' '.join(command)!r}: use a "
-        f"'docker run ...' command, or put {PLACEHOLDER} where they belong"
+def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Add the options every subcommand takes (also accepted before the subcommand)."""
+    default: Any = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("display and relay")
+    group.add_argument("--display", default=default, help="the host display (default: $DISPLAY)")
+    group.add_argument(
+        "--xauthority", default=default, help="the host authority file (default: libXau's)"
     )
-
-
-def engine_of(command: Sequence[str]) -> EngineChoice:
-    """
-    Return the engine a wrapped command runs on: ``podman`` for Podman, else ``auto``.
-
-    A ``docker`` command may reach Podman too (podman-docker), which detection tells; only
-    a ``podman`` command names its engine for sure.
-    """
-    for word in command:
-        name = os.path.basename(word)
-        if name in _ENGINES:
-            return "podman" if name == "podman" else "auto"
-    return "auto"
+    group.add_argument(
+        "--xvfb",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="start a private Xvfb for the duration and lend it (hosts without a display)",
+    )
+    group.add_argument(
+        "--xvfb-screen",
+        default=default,
+        metavar="WxH[xD]",
+        help="screen of the private Xvfb (default: 1280x1024x24)",
+    )
+    group.add_argument(
+        "--auth",
+        choices=["substitute", "untrusted", "forward"],
+        default=argparse.SUPPRESS if suppress else "substitute",
+        help="how containers authenticate (default: substitute; see the security docs)",
+    )
+    group.add_argument(
+        "--transport",
+        choices=["auto", "unix", "tcp"],
+        default=argparse.SUPPRESS if suppress else "auto",
+        help="how containers reach the display (default: chosen by the engine)",
+    )
+    group.add_argument(
+        "--engine",
+        choices=["auto", "docker", "podman", "desktop"],
+        default=default,
+        help="the container engine (default: the wrapped command's, else asked over its API)",
+    )
+    group.add_argument(
+        "--bind", action="append", default=default, help="relay address for TCP (repeatable)"
+    )
+    group.add_argument(
+        "--allow", action="append", default=default, help="client network, CIDR (repeatable)"
+    )
+    group.add_argument("--host-dir", default=default, help="where the session directory goes")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS if suppress else 0,
+        help="log more (-vv: debug)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="x11passthrough",
+        prog=_PROG,
         description="Lend the host's X display to a container, safely and fast.",
+        epilog="Exit status: run gives the command's own; 2 for x11passthrough's errors.",
     )
-    parser.add_argument("--display", help="the host display (default: $DISPLAY)")
-    parser.add_argument("--xauthority", help="the host authority file (default: libXau's)")
-    parser.add_argument(
-        "--auth",
-        choices=["substitute", "untrusted", "forward"],
-        default="substitute",
-        help="how the container authenticates (default: substitute; see the security docs)",
+    _common(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run a container command with the display lent to it",
+        description="Run a container command with the arguments spliced in after its "
+        "'run' (or where {x11} stands), and lend the display until the container exits.",
     )
-    parser.add_argument("--bind", action="append", help="address for the relay (repeatable)")
-    parser.add_argument("--allow", action="append", help="client network, CIDR (repeatable)")
-    parser.add_argument("--host-dir", help="directory for the session's authority file")
-    parser.add_argument(
-        "--transport",
-        choices=["auto", "unix", "tcp"],
-        default="auto",
-        help="how containers reach the display (default: chosen by the engine)",
-    )
-    parser.add_argument(
-        "--engine",
-        choices=["auto", "docker", "podman", "desktop"],
-        help="the container engine (default: the wrapped command's, else asked over its API)",
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a command with the arguments spliced in")
+    _common(run, suppress=True)
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- docker run ... (or {x11})")
-    args = sub.add_parser("args", help="print the arguments and hold the display until Ctrl-C")
-    args.add_argument("--format", choices=["cli", "json", "compose"], default="cli")
+    args = sub.add_parser(
+        "args",
+        help="print the arguments, and hold the display until Ctrl-C",
+        description="Print what a container needs, and keep the display lent until Ctrl-C.",
+    )
+    _common(args, suppress=True)
+    args.add_argument(
+        "--format",
+        choices=["cli", "json", "compose", "env"],
+        default="cli",
+        help="cli: docker-run options; json: Docker SDK kwargs; compose: an override file; "
+        "env: shell variables",
+    )
+    args.add_argument(
+        "--service", default="app", help="the Compose service of --format compose (default: app)"
+    )
+    doctor = sub.add_parser(
+        "doctor",
+        help="check every step a container's display depends on",
+        description="Check the display, the cookie, the engine, the transport and the relay, "
+        "one line each; exit 0 only when a container would get a working display.",
+    )
+    _common(doctor, suppress=True)
+    doctor.add_argument("--image", help="also run a probe container of IMAGE")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = _parser()
-    opts = parser.parse_args(argv)
-    command: list[str] = []
-    if opts.command == "run":
-        command = opts.argv[1:] if opts.argv[:1] == ["--"] else opts.argv
-        if not command:
-            parser.error("nothing to run: give a command after '--'")
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(opts.verbose, 2)]
-    logging.basicConfig(level=level, format="x11passthrough: %(message)s")
-    try:
-        passthrough = X11Passthrough(
-            opts.display,
-            opts.xauthority,
-            auth=opts.auth,
-            bind=opts.bind,
-            allow=opts.allow,
-            host_dir=opts.host_dir,
-            transport=opts.transport,
-            engine=opts.engine or engine_of(command),
-        )
-        if command:
-            with passthrough as args:
-                return _child.run(splice(command, args))
-        with passthrough as args:
-            if opts.format == "json":
-                print(json.dumps(args.docker_py(), indent=2))
-            elif opts.format == "compose":
-                print(json.dumps(args.compose(), indent=2))
-            else:
-                print(shlex.join(args))
-            sys.stdout.flush()
-            return 128 + _child.wait_for_signal()
-    except X11PassthroughError as e:
-        print(f"x11passthrough: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    opts = _parser().parse_args(argv)
+    from ._commands import execute  # noqa: PLC0415 - after parsing: --help stays quick
+
+    return execute(opts)

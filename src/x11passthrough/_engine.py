@@ -86,8 +86,10 @@ def api_sockets(environ: Mapping[str, str] | None = None) -> list[str]:
     found: list[str] = []
     host = env.get("DOCKER_HOST") or context_host(env) or ""
     if host.startswith("unix://"):
+        # Docker's client then asks that socket only; Podman's (below) ignores it.
         found.append(host.removeprefix("unix://"))
-    found.append("/var/run/docker.sock")
+    else:
+        found.append("/var/run/docker.sock")
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime:
         found.append(os.path.join(runtime, "podman", "podman.sock"))

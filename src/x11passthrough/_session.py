@@ -17,9 +17,11 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import tempfile
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from .exceptions import X11PassthroughError
@@ -79,10 +81,58 @@ def remove_stale(base: Path) -> list[Path]:
             continue
         if start_time(int(match["pid"])) == int(match["start"]):
             continue
+        _stop_orphans(path)
         shutil.rmtree(path, ignore_errors=True)
         logger.info("removed %s, left behind by process %s", path, match["pid"])
         removed.append(path)
     return removed
+
+
+#: A file in a session directory naming a process the session started: ``PID START``.
+PID_FILE_SUFFIX = ".pid"
+
+
+def record_process(directory: Path, name: str, pid: int) -> None:
+    """Note in `directory` that the session started `pid` (so a later start can stop it)."""
+    write_file(directory / f"{name}{PID_FILE_SUFFIX}", f"{pid} {start_time(pid)}\n".encode())
+
+
+def _stop_orphans(directory: Path) -> None:
+    """Terminate the live processes a dead session's pid files name (e.g. its Xvfb)."""
+    for pid_file in directory.glob(f"*{PID_FILE_SUFFIX}"):
+        try:
+            pid_text, started = pid_file.read_text().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            continue
+        if started != "None" and start_time(pid) == int(started):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+                logger.info("stopped process %d, left running by a killed session", pid)
+
+
+#: The longest path a UNIX socket address holds (``sun_path``, with its terminating NUL).
+MAX_SOCKET_PATH = 107
+
+
+@contextlib.contextmanager
+def socket_address(path: Path) -> Iterator[str]:
+    """
+    Give a UNIX socket address for `path` that fits ``sun_path``, however deep `path` lies.
+
+    A longer path is reached through its directory's descriptor (``/proc/self/fd/N/name``):
+    the kernel resolves it like the path itself, so the socket is bound (or connected) at
+    `path`.
+    """
+    text = str(path)
+    if len(os.fsencode(text)) <= MAX_SOCKET_PATH:
+        yield text
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def create_directory(host_dir: Path | None) -> Path:

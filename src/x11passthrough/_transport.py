@@ -298,7 +298,8 @@ def _open_listener(path: Path, cleanup: Cleanup) -> socket.socket:
     """Listen on `path`, connectable by any container user (mode 0666)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(str(path))
+        with _session.socket_address(path) as address:
+            sock.bind(address)
         # Any container user may connect: the socket is reachable only through the mount, in
         # a 0700 directory; the session cookie (or this socket's privacy) guards the rest.
         os.chmod(path, 0o666)  # noqa: S103 - see above

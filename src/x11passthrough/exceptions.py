@@ -24,6 +24,7 @@ __all__ = [
     "X11SetupError",
     "XauthorityError",
     "XauthorityLockError",
+    "XvfbError",
 ]
 
 
@@ -92,3 +93,7 @@ class X11SetupError(X11PassthroughError, ValueError):
 
 class SecurityExtensionError(X11PassthroughError, RuntimeError):
     """The X server cannot issue an untrusted cookie (no SECURITY extension, or it refused)."""
+
+
+class XvfbError(X11PassthroughError, RuntimeError):
+    """A private Xvfb cannot start: the program is missing, exited, or did not answer."""

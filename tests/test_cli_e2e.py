@@ -1,0 +1,175 @@
+"""
+The command line with real containers: run (also detached, also signalled), the user's own
+options read from the command, --xvfb on a host without a display, doctor with a probe image.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+from pathlib import Path
+
+import pytest
+
+from infra.xvfb import XServer
+
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "x11passthrough", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [["docker", "run"], ["docker", "container", "run"], ["env", "LANG=C", "docker", "run"]],
+    ids=" ".join,
+)
+def test_run_splices_into_the_engine_command(
+    xvfb: XServer, x11_image: str, prefix: list[str]
+) -> None:
+    result = cli("run", "--", *prefix, "--rm", x11_image, "xdpyinfo", env=xvfb.env())
+    assert result.returncode == 0, result.stderr
+    assert "vendor string:    The X.Org Foundation" in result.stdout
+
+
+def test_run_passes_the_containers_status_back(xvfb: XServer, x11_image: str) -> None:
+    result = cli(
+        "run", "--", "docker", "run", "--rm", x11_image, "sh", "-c", "exit 7", env=xvfb.env()
+    )
+    assert result.returncode == 7
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--network", "none"],
+        ["--network", "host"],
+        ["--user", "1000:1000"],
+        ["--hostname", "my-box"],
+    ],
+    ids=" ".join,
+)
+def test_the_users_own_options_are_respected(
+    xvfb: XServer, x11_image: str, options: list[str]
+) -> None:
+    for client in ("xdpyinfo", "xlib-probe"):
+        result = cli(
+            "run", "--", "docker", "run", "--rm", *options, x11_image, client, env=xvfb.env()
+        )
+        assert result.returncode == 0, (client, result.stderr)
+
+
+def test_a_detached_container_keeps_the_display_until_it_exits(
+    xvfb: XServer, x11_image: str, tmp_path: Path
+) -> None:
+    """-d returns at once; the display stays lent while the container runs; its status."""
+    script = "xdpyinfo >/dev/null || exit 1; sleep 1; xdpyinfo >/dev/null || exit 2; exit 5"
+    result = cli(
+        "--host-dir",
+        str(tmp_path),
+        "run",
+        "--",
+        "docker",
+        "run",
+        "-d",
+        "--rm",
+        x11_image,
+        "sh",
+        "-c",
+        script,
+        env=xvfb.env(),
+    )
+    assert result.returncode == 5, result.stderr
+    assert len(result.stdout.strip()) == 64  # the container id docker printed
+    assert "holding the display until container" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_reaches_a_detached_container(
+    xvfb: XServer, x11_image: str, tmp_path: Path
+) -> None:
+    script = 'trap "exit 143" TERM; xdpyinfo >/dev/null; echo ready; while :; do sleep 0.1; done'
+    name = f"x11pt-cli-{os.getpid()}"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "x11passthrough", "--host-dir", str(tmp_path), "run", "--"),
+            *("docker", "run", "-d", "--rm", "--name", name, x11_image, "sh", "-c", script),
+        ],
+        env=xvfb.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        assert "holding the display" in process.stderr.readline()
+        logs = subprocess.Popen(["docker", "logs", "-f", name], stdout=subprocess.PIPE, text=True)
+        assert logs.stdout is not None
+        assert logs.stdout.readline().strip() == "ready"
+        logs.kill()
+        logs.wait()
+        logs.stdout.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 143
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    gone = subprocess.run(["docker", "inspect", name], capture_output=True, check=False)
+    assert gone.returncode != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_xvfb_without_any_display(x11_image: str, tmp_path: Path) -> None:
+    """The headless case: no DISPLAY, a private Xvfb lent to a real container."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    result = cli(
+        "-v",
+        "run",
+        "--xvfb",
+        "--xvfb-screen",
+        "640x480x24",
+        "--",
+        "docker",
+        "run",
+        "--rm",
+        x11_image,
+        "xdpyinfo",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "640x480 pixels" in result.stdout
+    started = re.search(r"started Xvfb on :\d+ \(pid (\d+)\)", result.stderr)
+    assert started is not None, result.stderr
+    assert not Path(f"/proc/{started[1]}").exists()
+
+
+def test_doctor_runs_a_probe_container(xvfb: XServer, x11_image: str) -> None:
+    result = cli("doctor", "--image", x11_image, env=xvfb.env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok    container  " in result.stdout
+    assert "probe: The X.Org Foundation, screen 1024x768" in result.stdout
+
+
+def test_doctor_without_an_engine(xvfb: XServer, x11_image: str) -> None:
+    env = {**xvfb.env(), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    result = cli("doctor", "--image", x11_image, env=env)
+    assert result.returncode == 1
+    assert "warn  engine     no container engine answered" in result.stdout
+    assert "FAIL  container" in result.stdout
