@@ -7,6 +7,8 @@ import importlib
 import importlib.metadata
 import importlib.resources
 import inspect
+import subprocess
+import sys
 import warnings
 
 from pathlib import Path
@@ -79,8 +81,21 @@ def test_the_front_door_is_small() -> None:
         "Transport",
         "X11Passthrough",
         "X11PassthroughError",
+        "Xvfb",
         "exceptions",
     ]
+
+
+def test_the_command_line_parser_imports_nothing_heavy() -> None:
+    """``x11passthrough --help`` reads no more than argparse: the library loads after parsing."""
+    probe = (
+        "import sys, x11passthrough._cli; heavy = ('x11passthrough.', 'attr', 'Xlib'); "
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "['x11passthrough._cli']"
 
 
 def test_py_typed_is_shipped() -> None:
@@ -91,7 +106,12 @@ def test_py_typed_is_shipped() -> None:
 def test_no_import_cycle_and_nothing_below_imports_the_passthrough() -> None:
     """Data flows one way: no module imports the passthrough but the edges that use it."""
     graph = {name: internal_imports(name, path) for name, path in modules().items()}
-    edges = {"x11passthrough", "x11passthrough._cli", "x11passthrough.pytest_plugin"}
+    edges = {
+        "x11passthrough",
+        "x11passthrough._commands",
+        "x11passthrough._doctor",
+        "x11passthrough.pytest_plugin",
+    }
     for name, imported in graph.items():
         if "x11passthrough._passthrough" in imported:
             assert name in edges, f"{name} imports the passthrough"

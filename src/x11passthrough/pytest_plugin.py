@@ -1,28 +1,143 @@
 """
-pytest fixtures that lend the test run's X display to containers.
+pytest fixtures that lend an X display to containers, and screenshot the tests that fail.
 
 Installed with the package and loaded automatically (entry point ``pytest11``)::
 
     def test_gui_app_in_container(x11passthrough):
         subprocess.run(["docker", "run", "--rm", *x11passthrough, IMAGE, "my-app"], check=True)
 
-The fixtures use ``$DISPLAY`` (for example the one pytest-xvfb starts). Where no display is set
-the test is skipped; pass ``--x11passthrough-required`` to make that an error instead (for CI).
-Options for every passthrough come from the ini keys ``x11passthrough_auth`` and
-``x11passthrough_bind``.
+Fixtures:
+
+- ``x11passthrough``: the :class:`~x11passthrough.DockerRunArgs` of a passthrough open for
+  this test.
+- ``x11passthrough_factory``: a function that starts passthroughs with any
+  :class:`~x11passthrough.X11Passthrough` options (``x11passthrough_factory(auth="forward")``);
+  all of them are closed when the test ends.
+- ``x11passthrough_session`` (session scope): one passthrough for the whole run, or for each
+  pytest-xdist worker, opened when a test first asks for it.
+- ``x11passthrough_display`` (session scope): the display they lend, as this host's clients
+  reach it (:class:`HostDisplay`: ``.display``, ``.xauthority``, ``.environ()``, ``.xvfb``),
+  for a test that also runs a client on the host. It is resolved once, when first asked for;
+  the per-test fixtures look again at each passthrough they start.
+
+Which display is lent:
+
+- ``$DISPLAY`` (with ``$XAUTHORITY``) when it is set: a desktop's, ``xvfb-run``'s, or the one
+  pytest-xvfb starts (it sets ``DISPLAY`` in its ``pytest_configure``, before any test runs).
+- Else, with ``--x11passthrough-xvfb`` (or the ini key ``x11passthrough_xvfb = true``), a
+  private Xvfb (:class:`x11passthrough.Xvfb`: its own cookie, no TCP), started when a test first
+  needs a display and stopped at the end of the run: one per process, so one per xdist worker.
+  Its screen is the ini key ``x11passthrough_xvfb_screen`` (``WIDTHxHEIGHTxDEPTH``, default
+  ``1280x1024x24``; a bad value is a usage error). It does not change ``os.environ``:
+  host-side clients get it from ``x11passthrough_display.environ()``. A set ``DISPLAY``
+  always wins, so the option composes with pytest-xvfb (whose display is then used, and no
+  second server starts) and is harmless on a desktop; to keep windows off your desktop, run
+  ``env -u DISPLAY pytest --x11passthrough-xvfb``.
+- Neither: the tests that need a display are skipped, and the message names the fixes;
+  ``--x11passthrough-required`` fails them instead (for CI).
+
+A display that is set but cannot be used (``DISPLAY=:99`` with no server there, a refused
+cookie) fails the test with the one-line reason; so does a private Xvfb that cannot start.
+
+Screenshots: when a test that used a passthrough (or ``x11passthrough_display``) fails, in its
+body or in a fixture's setup, a PNG of the lent display's screen is written to
+``x11passthrough-screenshots/`` in pytest's base temporary directory (each xdist worker has
+its own), or to the ini key ``x11passthrough_screenshot_dir`` (relative to the root
+directory). Its path is added to the failure report as the section ``x11passthrough
+screenshot`` and as the user property ``x11passthrough_screenshot`` (JUnit XML). Only 24-bit
+TrueColor screens are read (pytest-xvfb needs ``xvfb_colordepth = 24``). On a desktop the
+screenshot shows your whole screen; ``x11passthrough_screenshots = false`` turns them off. A
+screenshot that cannot be taken never fails the run: the section says why, and the
+``x11passthrough`` logger warns.
+
+Options for every passthrough of the fixtures come from the ini keys ``x11passthrough_auth``
+(``substitute``, ``untrusted`` or ``forward``) and ``x11passthrough_bind`` (addresses; setting
+it means the TCP transport); the factory's keyword arguments override them, and a factory
+call with ``transport="unix"`` ignores ``x11passthrough_bind``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
 
+import attrs
 import pytest
 
 from ._args import DockerRunArgs
+from ._display._locator import DisplayLocator
 from ._passthrough import X11Passthrough
+from ._x11.screenshot import grab
+from ._x11.wire import MIT_MAGIC_COOKIE_1
+from ._x11.xlib import deadline, open_display
+from ._xauth.authority import Xauthority
+from ._xvfb import Xvfb
+from .exceptions import ConfigurationError, X11PassthroughError
+
+
+__all__ = ["HostDisplay"]
+
+logger = logging.getLogger("x11passthrough")
+
+#: Seconds a screenshot may take (connecting, one GetImage) before it is given up.
+_SCREENSHOT_TIMEOUT = 10.0
+_SCREENSHOT_SECTION = "x11passthrough screenshot"
+_FIXES = "set DISPLAY, pass --x11passthrough-xvfb (a private Xvfb), or use pytest-xvfb"
+_NO_DISPLAY = (
+    f"x11passthrough: no DISPLAY is set for this test run: {_FIXES}; "
+    "--x11passthrough-required fails instead of skipping"
+)
+_NO_DISPLAY_REQUIRED = f"x11passthrough: no DISPLAY is set (--x11passthrough-required): {_FIXES}"
+_SCREEN = re.compile(r"(?P<width>\d+)x(?P<height>\d+)(?:x(?P<depth>\d+))?")
+#: Set on the failures this plugin raises: the display is unusable, so no screenshot is tried.
+_OWN_FAILURE = "_x11passthrough_environment"
+
+
+@attrs.frozen(kw_only=True)
+class HostDisplay:
+    """
+    The X display the fixtures lend, as this host's clients reach it.
+
+    Attributes:
+        display: Its name, as in ``$DISPLAY`` (``:N`` for the private Xvfb).
+        xauthority: Its authority file, or ``None`` for libXau's default (``~/.Xauthority``).
+        xvfb: The plugin's private :class:`~x11passthrough.Xvfb`, or ``None`` when the display
+            is ``$DISPLAY``.
+    """
+
+    display: str
+    xauthority: str | None = None
+    xvfb: Xvfb | None = attrs.field(default=None, eq=False, repr=False)
+
+    def environ(self) -> dict[str, str]:
+        """Return this process's environment with ``DISPLAY`` (and ``XAUTHORITY``) for it."""
+        env = {**os.environ, "DISPLAY": self.display}
+        if self.xauthority is not None:
+            env["XAUTHORITY"] = self.xauthority
+        return env
+
+
+@attrs.frozen(kw_only=True)
+class _Settings:
+    """The plugin's options, read once at configure time. Strictly private."""
+
+    required: bool
+    xvfb: bool
+    screen: tuple[int, int, int]
+    screenshots: bool
+    screenshot_dir: Path | None
+
+
+_SETTINGS = pytest.StashKey[_Settings]()
+_TMP = pytest.StashKey[pytest.TempPathFactory]()
+_SESSION_DISPLAY = pytest.StashKey[HostDisplay]()
+_LENT = pytest.StashKey[list[HostDisplay]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,6 +148,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="fail, rather than skip, tests that need a display when none is set",
     )
+    group.addoption(
+        "--x11passthrough-xvfb",
+        action="store_true",
+        help="where no DISPLAY is set, lend a private Xvfb (one per process, so per xdist worker)",
+    )
     parser.addini(
         "x11passthrough_auth",
         "auth mode of the x11passthrough fixtures: substitute, untrusted or forward",
@@ -40,10 +160,168 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "x11passthrough_bind",
-        "addresses the relay listens on (default: the docker0 address)",
+        "addresses the relay listens on (setting it means the TCP transport)",
         type="args",
         default=[],
     )
+    parser.addini(
+        "x11passthrough_xvfb",
+        "where no DISPLAY is set, lend a private Xvfb (as --x11passthrough-xvfb)",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
+        "x11passthrough_xvfb_screen",
+        "screen of the private Xvfb: WIDTHxHEIGHTxDEPTH (or WIDTHxHEIGHT, depth 24)",
+        default="1280x1024x24",
+    )
+    parser.addini(
+        "x11passthrough_screenshots",
+        "screenshot the lent display when a test using it fails",
+        type="bool",
+        default=True,
+    )
+    parser.addini(
+        "x11passthrough_screenshot_dir",
+        "where screenshots go (default: x11passthrough-screenshots in pytest's basetemp)",
+        default="",
+    )
+
+
+def _parse_screen(text: str) -> tuple[int, int, int]:
+    match = _SCREEN.fullmatch(text.strip())
+    if match is None:
+        raise pytest.UsageError(
+            f"x11passthrough_xvfb_screen = {text!r} is not WIDTHxHEIGHTxDEPTH (e.g. 1280x1024x24)"
+        )
+    screen = (int(match["width"]), int(match["height"]), int(match["depth"] or 24))
+    try:
+        Xvfb(width=screen[0], height=screen[1], depth=screen[2])
+    except ConfigurationError as e:
+        raise pytest.UsageError(f"x11passthrough_xvfb_screen = {text!r}: {e}") from None
+    return screen
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Read the plugin's options (a bad ini value is a usage error at once)."""
+    folder = str(config.getini("x11passthrough_screenshot_dir")).strip()
+    config.stash[_SETTINGS] = _Settings(
+        required=bool(config.getoption("x11passthrough_required")),
+        xvfb=bool(config.getoption("x11passthrough_xvfb") or config.getini("x11passthrough_xvfb")),
+        screen=_parse_screen(str(config.getini("x11passthrough_xvfb_screen"))),
+        screenshots=bool(config.getini("x11passthrough_screenshots")),
+        screenshot_dir=config.rootpath / folder if folder else None,
+    )
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail the test with `message` alone, marked as the environment's fault (no screenshot)."""
+    __tracebackhide__ = True
+    error = pytest.fail.Exception(message, pytrace=False)
+    setattr(error, _OWN_FAILURE, True)
+    raise error from None
+
+
+def _one_line(message: str) -> str:
+    """Join a multi-line message (a list of places tried) into one line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = lines[0] if lines else message
+    for line in lines[1:]:
+        text += (" " if text.endswith(":") else "; ") + line
+    return text
+
+
+def _resolve(request: pytest.FixtureRequest) -> HostDisplay:
+    """Return the display to lend now: ``$DISPLAY``, else the private Xvfb; else skip or fail."""
+    __tracebackhide__ = True
+    name = os.environ.get("DISPLAY")
+    if name:
+        return HostDisplay(display=name, xauthority=os.environ.get("XAUTHORITY"))
+    settings = request.config.stash[_SETTINGS]
+    if settings.xvfb:
+        xvfb: Xvfb = request.getfixturevalue("_x11passthrough_xvfb")
+        return HostDisplay(display=xvfb.display, xauthority=str(xvfb.xauthority), xvfb=xvfb)
+    if settings.required:
+        _fail(_NO_DISPLAY_REQUIRED)
+    pytest.skip(_NO_DISPLAY)
+
+
+def _ini_options(config: pytest.Config, options: dict[str, Any]) -> dict[str, Any]:
+    """Return `options` with the ini keys' values where they are not given."""
+    options.setdefault("auth", config.getini("x11passthrough_auth"))
+    bind = config.getini("x11passthrough_bind")
+    if bind and options.get("transport", "auto") != "unix":
+        options.setdefault("bind", bind)
+    return options
+
+
+def _start(options: dict[str, Any]) -> tuple[X11Passthrough, DockerRunArgs]:
+    """Start a passthrough; our errors fail the test with their one-line reason."""
+    __tracebackhide__ = True
+    try:
+        passthrough = X11Passthrough(**options)
+        return passthrough, passthrough.start()
+    except X11PassthroughError as e:
+        _fail(f"x11passthrough: {_one_line(str(e))}")
+
+
+def _track(request: pytest.FixtureRequest, lent: HostDisplay | None = None) -> None:
+    """Remember where this test's screenshots go, and (if given) a display it lent."""
+    config = request.config
+    if _TMP not in config.stash:
+        config.stash[_TMP] = request.getfixturevalue("tmp_path_factory")
+    if lent is not None:
+        request.node.stash.setdefault(_LENT, []).append(lent)
+
+
+@pytest.fixture(scope="session", name="_x11passthrough_xvfb")
+def _private_xvfb(pytestconfig: pytest.Config) -> Iterator[Xvfb]:
+    """Start the plugin's private Xvfb for this process (each xdist worker has its own)."""
+    width, height, depth = pytestconfig.stash[_SETTINGS].screen
+    xvfb = Xvfb(width=width, height=height, depth=depth)
+    try:
+        xvfb.start()
+    except X11PassthroughError as e:
+        _fail(f"x11passthrough: --x11passthrough-xvfb: {_one_line(str(e))}")
+    try:
+        yield xvfb
+    finally:
+        xvfb.close()
+
+
+@pytest.fixture(scope="session", name="x11passthrough_display")
+def _x11passthrough_display(request: pytest.FixtureRequest) -> HostDisplay:
+    """
+    Return the display the fixtures lend, as this host's clients reach it (at first use).
+
+    ``$DISPLAY`` when set, else the private Xvfb of ``--x11passthrough-xvfb``; skips (or, with
+    ``--x11passthrough-required``, fails) the test when there is neither.
+    """
+    display = _resolve(request)
+    _track(request)
+    request.config.stash[_SESSION_DISPLAY] = display
+    return display
+
+
+@pytest.fixture(scope="session", name="x11passthrough_session")
+def _x11passthrough_session(
+    request: pytest.FixtureRequest, x11passthrough_display: HostDisplay
+) -> Iterator[DockerRunArgs]:
+    """
+    Lend ``x11passthrough_display`` for the whole session (or xdist worker).
+
+    Yields the docker-run arguments of one passthrough with the ini keys' options, closed when
+    the session ends.
+    """
+    options = {
+        "display": x11passthrough_display.display,
+        "xauthority": x11passthrough_display.xauthority,
+    }
+    passthrough, args = _start(_ini_options(request.config, options))
+    try:
+        yield args
+    finally:
+        passthrough.close()
 
 
 @pytest.fixture(name="x11passthrough_factory")
@@ -53,24 +331,26 @@ def _x11passthrough_factory(
     """
     Start passthroughs with any :class:`~x11passthrough.X11Passthrough` options.
 
-    Every passthrough started through the factory is closed when the test ends.
+    Without ``display=``, each lends the display as it is when called (``$DISPLAY``, else the
+    private Xvfb). Every passthrough started through the factory is closed when the test ends.
     """
-    config = request.config
     started: list[X11Passthrough] = []
 
     def start(**options: Any) -> DockerRunArgs:
-        if options.get("display") is None and not os.environ.get("DISPLAY"):
-            message = "x11passthrough: no DISPLAY is set for this test run"
-            if config.getoption("x11passthrough_required"):
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
-        options.setdefault("auth", config.getini("x11passthrough_auth"))
-        bind = config.getini("x11passthrough_bind")
-        if bind:
-            options.setdefault("bind", bind)
-        passthrough = X11Passthrough(**options)
-        args = passthrough.start()
+        __tracebackhide__ = True
+        if options.get("display") is None:
+            host = _resolve(request)
+            options["display"] = host.display
+            if options.get("xauthority") is None:
+                options["xauthority"] = host.xauthority
+        xauthority = options.get("xauthority")
+        lent = HostDisplay(
+            display=str(options["display"]),
+            xauthority=None if xauthority is None else os.fspath(xauthority),
+        )
+        passthrough, args = _start(_ini_options(request.config, options))
         started.append(passthrough)
+        _track(request, lent)
         return args
 
     yield start
@@ -80,5 +360,111 @@ def _x11passthrough_factory(
 
 @pytest.fixture(name="x11passthrough")
 def _x11passthrough(x11passthrough_factory: Callable[..., DockerRunArgs]) -> DockerRunArgs:
-    """Return the docker-run arguments of a passthrough of ``$DISPLAY``, open for this test."""
+    """Return the docker-run arguments of a passthrough of the display, open for this test."""
     return x11passthrough_factory()
+
+
+# -- screenshots of failures ------------------------------------------------------------------
+
+
+def _lent_displays(item: pytest.Item) -> list[HostDisplay]:
+    """Return the displays `item` lent (or asked for), each once."""
+    found = list(item.stash.get(_LENT, ()))
+    session = item.config.stash.get(_SESSION_DISPLAY, None)
+    if session is not None and "x11passthrough_display" in getattr(item, "fixturenames", ()):
+        found.append(session)
+    return list(dict.fromkeys(found))
+
+
+def _screenshot_png(target: HostDisplay, *, timeout: float = _SCREENSHOT_TIMEOUT) -> bytes:
+    """
+    Return a PNG of `target`'s screen, taken with python-xlib.
+
+    The display is reached as the passthrough reaches it: its endpoint's owner is checked
+    before any cookie is sent, the cookie is the one libXau's rules pick from `target`'s
+    authority file (``os.environ`` is not touched), and every step has a deadline, so a server
+    that never answers cannot hang the run.
+
+    Raises:
+        X11PassthroughError: The display cannot be reached, refused the connection, did not
+            answer within `timeout` seconds, or has a pixel format that is not read.
+        Exception: python-xlib's own errors (an X protocol error of the GetImage).
+    """
+    what = f"the screenshot of display {target.display}"
+    connection = DisplayLocator(connect_timeout=timeout).connect(target.display)
+    try:
+        authority = Xauthority.load(target.xauthority)
+        entry = authority.for_connection(connection.socket, connection.name.number)
+    except BaseException:
+        connection.close()
+        raise
+    display = open_display(
+        connection.socket,
+        MIT_MAGIC_COOKIE_1 if entry is not None else b"",
+        entry.data if entry is not None else b"",
+        number=connection.name.number,
+        timeout=timeout,
+        what=what,
+    )
+    try:
+        with deadline(connection.socket, timeout, what):
+            shot = grab(display)
+    finally:
+        with contextlib.suppress(Exception):
+            display.close()
+    return shot.png()
+
+
+def _screenshot_path(item: pytest.Item, index: int) -> Path:
+    """Return a new file for `item`'s screenshot number `index`, in the screenshot folder."""
+    settings = item.config.stash[_SETTINGS]
+    folder = settings.screenshot_dir
+    if folder is None:
+        folder = item.config.stash[_TMP].getbasetemp() / "x11passthrough-screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^\w.-]+", "-", item.nodeid).strip("-.")[:150] or "test"
+    if index:
+        stem += f"-{index + 1}"
+    path = folder / f"{stem}.png"
+    counter = 1
+    while path.exists():
+        counter += 1
+        path = folder / f"{stem}.{counter}.png"
+    return path
+
+
+def _save_screenshot(item: pytest.Item, target: HostDisplay, index: int) -> str:
+    """Write a screenshot of `target` for `item`; return its path, or why there is none."""
+    try:
+        png = _screenshot_png(target)
+        path = _screenshot_path(item, index)
+        with path.open("xb") as file:
+            file.write(png)
+    except Exception as e:  # a screenshot must never break the run
+        reason = _one_line(f"{type(e).__name__}: {e}")
+        logger.warning("no screenshot of %s for %s: %s", target.display, item.nodeid, reason)
+        return f"not taken: {reason}"
+    return str(path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Add a screenshot of the lent display to the report of a failed setup or test body."""
+    report = yield
+    if call.when not in ("setup", "call") or not report.failed:
+        return report
+    if _LENT not in item.stash and _SESSION_DISPLAY not in item.config.stash:
+        return report  # the common case, kept cheap: this test lent no display
+    if not item.config.stash[_SETTINGS].screenshots:
+        return report
+    if call.excinfo is not None and getattr(call.excinfo.value, _OWN_FAILURE, False):
+        return report  # the display is unusable: the failure says why
+    for index, target in enumerate(_lent_displays(item)):
+        text = _save_screenshot(item, target, index)
+        report.sections.append((_SCREENSHOT_SECTION, text))
+        if not text.startswith("not taken"):
+            # JUnit XML writes the properties the item has at teardown.
+            item.user_properties.append(("x11passthrough_screenshot", text))
+    return report
