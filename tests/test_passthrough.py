@@ -250,12 +250,12 @@ def test_dropped_without_close_warns_and_cleans_up(xvfb: XServer) -> None:
 
 
 def test_async_with(xvfb: XServer) -> None:
-    """`async with` runs the relay in the caller's event loop; clients get through."""
+    """`async with` runs the relay on its own thread, as `with` does; clients get through."""
 
     async def main() -> tuple[int, DockerRunArgs]:
         before = relay_threads()
         async with passthrough(xvfb) as args:
-            assert relay_threads() == before
+            assert len(relay_threads()) == len(before) + 1
             proc = await asyncio.create_subprocess_exec(
                 "xdpyinfo",
                 env=client_env(args),
@@ -268,6 +268,25 @@ def test_async_with(xvfb: XServer) -> None:
     code, args = asyncio.run(main())
     assert code == 0
     assert not port_open(6000 + number(args))
+    assert relay_threads() == []
+
+
+def test_a_cancelled_async_start_is_undone(xvfb: XServer) -> None:
+    """Cancelling `astart()` while it works leaves no relay, port or file behind."""
+
+    async def main() -> None:
+        p = passthrough(xvfb)
+        task = asyncio.create_task(p.astart())
+        await asyncio.sleep(0)  # let it begin: the start now runs in a worker thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        deadline = asyncio.get_running_loop().time() + 10
+        while relay_threads() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert relay_threads() == []
 
 
 def test_forward_mode_hands_out_the_real_cookie(xvfb: XServer) -> None:
