@@ -5,8 +5,10 @@ options read from the command, --xvfb on a host without a display, doctor with a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,3 +175,56 @@ def test_doctor_without_an_engine(xvfb: XServer, x11_image: str) -> None:
     assert result.returncode == 1
     assert "warn  engine     no container engine answered" in result.stdout
     assert "FAIL  container" in result.stdout
+
+
+def test_a_container_that_ignores_signals_is_killed_at_the_second(
+    xvfb: XServer, x11_image: str
+) -> None:
+    """Process 1 of a container has no default signal actions: a second signal kills it."""
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "x11passthrough", "run", "--"),
+            *("docker", "run", "--rm", x11_image, "sh", "-c", "echo ready; exec sleep 1000"),
+        ],
+        env=xvfb.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(1)  # the first is passed on, and ignored
+    assert process.poll() is None, "sleep as process 1 ignores SIGTERM"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) != 0
+    assert "killing it" in process.stderr.read()
+    process.stdout.close()
+    process.stderr.close()
+
+
+def test_doctor_on_an_image_without_a_probe_tool(xvfb: XServer, tmp_path: Path) -> None:
+    """An image without python3 or xdpyinfo: a warning, and the host-side verdict stands."""
+    busybox = subprocess.run(
+        ["docker", "image", "inspect", "x11pt-busybox:latest"], capture_output=True, check=False
+    )
+    if busybox.returncode != 0:
+        root = tmp_path / "root"
+        (root / "bin").mkdir(parents=True)
+        shutil.copy("/bin/busybox", root / "bin" / "busybox")
+        (root / "bin" / "sh").symlink_to("busybox")
+        subprocess.run(
+            ["docker", "import", "-", "x11pt-busybox:latest"],
+            input=subprocess.run(
+                ["tar", "-C", str(root), "-c", "."], capture_output=True, check=True
+            ).stdout,
+            capture_output=True,
+            check=True,
+        )
+    result = cli("doctor", "--image", "x11pt-busybox:latest", env=xvfb.env())
+    assert result.returncode == 0, result.stdout
+    assert (
+        "warn  container  x11pt-busybox:latest has neither python3 nor xdpyinfo" in result.stdout
+    )

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 from .exceptions import X11PassthroughError
@@ -38,12 +38,23 @@ def _handlers(handler: signal.Handlers | object) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def run(argv: Sequence[str], *, env: dict[str, str] | None = None) -> int:
+def run(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    on_repeat: Callable[[], None] | None = None,
+) -> int:
     """
     Run `argv`, passing SIGTERM, SIGHUP and SIGINT on to it, and return its exit status.
 
     The status is the child's own, or 128+N when signal N ended it (130 for SIGINT, 143 for
     SIGTERM), as a shell reports it.
+
+    Args:
+        argv: The command.
+        env: Its environment (default: ours).
+        on_repeat: Called once when a second signal arrives while the child still runs
+            (e.g. to kill a container whose process 1 ignores signals).
 
     Raises:
         X11PassthroughError: The program cannot be started (not on PATH, not executable).
@@ -54,18 +65,28 @@ def run(argv: Sequence[str], *, env: dict[str, str] | None = None) -> int:
         raise X11PassthroughError(
             f"cannot run {argv[0]!r}: {e.strerror or e}; is it installed and on PATH?"
         ) from None
+    received: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signum)
+        if len(received) == 2 and on_repeat is not None and child.poll() is None:
+            on_repeat()
 
     with _handlers(forward):
         returncode = child.wait()
     return exit_status(returncode)
 
 
-def wait_for_signal() -> int:
-    """Block until SIGTERM, SIGHUP or SIGINT arrives; return the signal number."""
+@contextlib.contextmanager
+def caught_signals() -> Iterator[Callable[[], int]]:
+    """
+    Catch SIGTERM, SIGHUP and SIGINT from now on; yield a function that waits for one.
+
+    A signal that arrives before the wait (while a passthrough starts, say) is kept, so the
+    wait then returns at once, and the caller's cleanup always runs.
+    """
     received: list[int] = []
     done = threading.Event()
 
@@ -73,10 +94,19 @@ def wait_for_signal() -> int:
         received.append(signum)
         done.set()
 
-    with _handlers(note):
+    def wait() -> int:
         while not done.wait(3600):
             pass
-    return received[0]
+        return received[0]
+
+    with _handlers(note):
+        yield wait
+
+
+def wait_for_signal() -> int:
+    """Block until SIGTERM, SIGHUP or SIGINT arrives; return the signal number."""
+    with caught_signals() as wait:
+        return wait()
 
 
 def _start(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[str]:

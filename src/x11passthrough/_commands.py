@@ -14,9 +14,12 @@ import logging
 import os
 import re
 import shlex
+import subprocess
 import sys
+import tempfile
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import _child
@@ -112,10 +115,11 @@ def _main(opts: argparse.Namespace) -> int:
             options["display"], options["xauthority"] = xvfb.display, str(xvfb.xauthority)
         if opts.command == "doctor":
             return _doctor(opts, options)
-        with X11Passthrough(**options) as args:
-            if wrapped is not None:
+        if wrapped is not None:
+            with X11Passthrough(**options) as args:
                 return _run(wrapped, args)
-            return _hold(opts, args)
+        with _child.caught_signals() as wait, X11Passthrough(**options) as args:
+            return _hold(opts, args, wait)
     finally:
         if xvfb is not None:
             xvfb.close()
@@ -187,18 +191,45 @@ def _xvfb(opts: argparse.Namespace) -> Xvfb:
 
 
 def _run(wrapped: Wrapped, args: DockerRunArgs) -> int:
-    argv = wrapped.splice(list(args))
+    arguments = list(args)
+    if wrapped.hostname and args.hostname == wrapped.hostname:
+        at = arguments.index("--hostname")
+        del arguments[at : at + 2]  # the command names it already
     if args.display.startswith("tcp/") and wrapped.network == "none":
         raise X11PassthroughError(
             "the container has no network (--network none) and this engine is reached over "
             "TCP (an engine in a VM): give it a network, or run it on an engine on this host"
         )
     if wrapped.detach and not wrapped.create:
-        return _child.run_detached(argv, wrapped.prefix)
-    return _child.run(argv)
+        return _child.run_detached(wrapped.splice(arguments), wrapped.prefix)
+    if not wrapped.prefix or wrapped.create or "--cidfile" in wrapped.argv:
+        return _child.run(wrapped.splice(arguments))
+    with tempfile.TemporaryDirectory(prefix="x11passthrough-cid-") as tmp:
+        cidfile = Path(tmp) / "cid"
+        # The container's id, to kill it when a second signal shows that its process 1
+        # ignores them (an X client as process 1 has no handler for SIGINT or SIGTERM).
+        argv = wrapped.splice(["--cidfile", str(cidfile), *arguments])
+
+        def kill() -> None:
+            try:
+                container = cidfile.read_text().strip()
+            except OSError:
+                return
+            logger.warning(
+                "the container ignores signals (its process 1 has no handler; `docker run "
+                "--init` adds one): killing it"
+            )
+            subprocess.run(
+                [*wrapped.prefix, "kill", container],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+
+        return _child.run(argv, on_repeat=kill)
 
 
-def _hold(opts: argparse.Namespace, args: DockerRunArgs) -> int:
+def _hold(opts: argparse.Namespace, args: DockerRunArgs, wait: Callable[[], int]) -> int:
     if opts.format == "json":
         text = json.dumps(args.docker_py(), indent=2)
     elif opts.format == "compose":
@@ -213,7 +244,7 @@ def _hold(opts: argparse.Namespace, args: DockerRunArgs) -> int:
         file=sys.stderr,
         flush=True,
     )
-    return 128 + _child.wait_for_signal()
+    return 128 + wait()
 
 
 def compose_file(args: DockerRunArgs, service: str) -> str:

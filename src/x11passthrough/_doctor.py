@@ -94,8 +94,9 @@ print("probe: %s, screen %dx%d, display %s" % (vendor, width, height, display))
 _PROBE_COMMAND = (
     "if command -v python3 >/dev/null 2>&1; then exec python3 /tmp/.x11passthrough-probe.py; "
     "elif command -v xdpyinfo >/dev/null 2>&1; then exec xdpyinfo; "
-    'else echo "the image has neither python3 nor xdpyinfo to probe with" >&2; exit 127; fi'
+    'else echo "the image has neither python3 nor xdpyinfo to probe with" >&2; exit 199; fi'
 )
+_NO_PROBE = 199
 
 
 @attrs.define
@@ -356,6 +357,15 @@ def _probe_step(
             report.fail("container", f"the probe container of {image} did not end within 300 s")
             return
     output = (done.stdout.strip().splitlines() or [""])[0]
+    if done.returncode == _NO_PROBE:
+        report.line(
+            "warn",
+            "container",
+            f"{image} has neither python3 nor xdpyinfo to probe with; the display itself "
+            "answered through the relay",
+            f"try a client: x11passthrough run -- {engine_command[-1]} run --rm {image} ...",
+        )
+        return
     if done.returncode != 0:
         problem = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         report.fail(

@@ -42,7 +42,7 @@ from ._x11.gate import CookieGate
 from ._x11.security import UntrustedCookie
 from ._x11.wire import MIT_MAGIC_COOKIE_1
 from ._xauth.authority import default_path
-from .exceptions import DisplayError, X11PassthroughError
+from .exceptions import ConfigurationError, DisplayError, X11PassthroughError
 
 
 logger = logging.getLogger("x11passthrough")
@@ -388,6 +388,12 @@ class X11Passthrough:
                 os.geteuid(),
             )
         allow = opts.allow
+        if allow is not None and chosen.transport == "unix":
+            raise ConfigurationError(
+                "allow=... filters the relay's TCP clients, and the UNIX transport has none: "
+                "only containers given the mounted socket reach it. Pass transport='tcp' to "
+                "filter by address, or leave allow out"
+            )
         refresh_allow = None
         if chosen.transport == "tcp" and allow is None:
             bound = chosen.bind

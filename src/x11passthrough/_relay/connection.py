@@ -326,9 +326,14 @@ class Connection:
     async def _refuse_unknown(self) -> None:
         """Refuse a client whose address is in no allowed network, saying how to admit it."""
         self._path.counters.rejected += 1
+        which = (
+            "container networks"
+            if self._path.options.refresh_allow is not None
+            else "networks the relay was told to allow"
+        )
         reason = (
             f"x11passthrough: clients from {self.source} are not admitted (their address is "
-            "in none of the container networks)"
+            f"in none of the {which})"
         )
         logger.warning(
             "relay refused %s: not in the allowed client networks; the passthrough's allow= "
