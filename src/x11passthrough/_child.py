@@ -103,12 +103,6 @@ def caught_signals() -> Iterator[Callable[[], int]]:
         yield wait
 
 
-def wait_for_signal() -> int:
-    """Block until SIGTERM, SIGHUP or SIGINT arrives; return the signal number."""
-    with caught_signals() as wait:
-        return wait()
-
-
 def _start(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[str]:
     try:
         return subprocess.Popen(list(argv), text=True, **kwargs)  # type: ignore[call-overload, no-any-return]
