@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 from pathlib import Path
@@ -12,7 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from x11passthrough.display import MAX_DISPLAY_NUMBER, DisplayLocator, DisplayName, Endpoint
-from x11passthrough.exceptions import ConfigurationError, DisplayError, DisplayNameError
+from x11passthrough.exceptions import (
+    BindError,
+    ConfigurationError,
+    DisplayError,
+    DisplayNameError,
+)
 
 
 XQUARTZ = "/private/tmp/com.apple.launchd.AbC/org.xquartz:0"
@@ -384,3 +390,20 @@ def test_locator_options_are_validated(tmp_path: Path) -> None:
             DisplayLocator(connect_timeout=bad)
     with pytest.raises(TypeError):
         DisplayLocator("/tmp")  # type: ignore[call-arg]
+
+
+def test_under_sudo_the_invoking_users_display_is_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root lending the display of the user who ran sudo trusts that user's endpoints."""
+    from x11passthrough._display._owner import trusted_uids
+
+    monkeypatch.setenv("SUDO_UID", "2000")
+    expected = {0, 2000} if os.geteuid() == 0 else {0, os.geteuid()}
+    assert trusted_uids() == expected
+    monkeypatch.setenv("SUDO_UID", "not-a-number")
+    assert trusted_uids() == {0, os.geteuid()}
+
+
+def test_bind_errors_read_without_an_errno_prefix() -> None:
+    error = BindError(99, "cannot listen on 10.88.0.1:6052: Cannot assign requested address")
+    assert str(error) == "cannot listen on 10.88.0.1:6052: Cannot assign requested address"
+    assert error.errno == 99

@@ -245,3 +245,19 @@ def test_the_live_engine_is_detected_once_per_process(
     assert cached < first
     with socket.socket(socket.AF_UNIX) as probe:
         probe.connect(str(found.socket))
+
+
+def test_rootless_docker_has_no_tcp_address_to_lend(
+    replay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its containers are in rootlesskit's namespace: the host's docker0 is out of reach."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{replay('docker-rootless')}")
+    with pytest.raises(ConfigurationError, match=r"rootless Docker.*transport='unix'"):
+        plan(
+            transport="tcp",
+            engine="auto",
+            bind=None,
+            host_alias=None,
+            gateway=None,
+            host_dir=None,
+        )

@@ -242,8 +242,19 @@ def _host_side(
 
 def _engine_step(report: Report, options: dict[str, Any]) -> _engine.Engine | None:
     hint = options.get("engine", "auto")
-    found = _engine.detect(None if hint in (None, "auto") else hint)
+    told = hint not in (None, "auto")
+    found = _engine.detect(hint if told else None)
+    if told and found is not None and found.kind != hint:
+        found = None  # the passthrough follows what it was told, not what answered
     if found is None:
+        if told:
+            where = "a VM" if hint == "desktop" else "this host's kernel"
+            report.line(
+                "ok",
+                "engine",
+                f"{hint}, as told; containers on {where}",
+            )
+            return None
         report.line(
             "warn",
             "engine",
@@ -367,10 +378,15 @@ def _probe_step(
         )
         return
     if done.returncode != 0:
-        problem = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        lines = [
+            line.strip()
+            for line in done.stderr.splitlines()
+            if line.strip() and not line.startswith("See '") and "--help" not in line
+        ]
+        problem = "; ".join(lines[-2:]) or f"exit status {done.returncode}"
         report.fail(
             "container",
-            f"{image}: {problem[0]}",
+            f"{image}: {problem}",
             f"run it yourself: x11passthrough run -- {engine_command[-1]} run --rm {image} ...",
         )
         return

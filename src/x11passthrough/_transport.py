@@ -126,6 +126,12 @@ def plan(
         )
     if kind == "podman":
         return _podman_plan(found, alias, host_dir)
+    if kind == "docker" and found is not None and found.rootless:
+        raise ConfigurationError(
+            "transport='tcp' with rootless Docker: its containers live in rootlesskit's "
+            "network namespace and cannot reach this host's docker0; use transport='unix' "
+            "(the default), or pass bind=... to choose an address yourself"
+        )
     return Plan(
         transport="tcp",
         engine=found,

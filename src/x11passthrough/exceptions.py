@@ -82,6 +82,10 @@ class NoFreeDisplayError(DisplayError):
 class BindError(X11PassthroughError, OSError):
     """The relay's listening socket cannot be bound on the requested address."""
 
+    def __str__(self) -> str:
+        """Return the message without OSError's ``[Errno N]`` prefix (``errno`` keeps it)."""
+        return str(self.strerror) if self.strerror is not None else super().__str__()
+
 
 class RelayError(X11PassthroughError, RuntimeError):
     """The relay cannot start, or failed while running."""

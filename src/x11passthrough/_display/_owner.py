@@ -33,8 +33,17 @@ _UNSPECIFIED = (ipaddress.IPv4Address("0.0.0.0"), ipaddress.IPv6Address("::"))
 
 
 def trusted_uids() -> frozenset[int]:
-    """Return the owners an X endpoint may have by default: root and the current user."""
-    return frozenset({0, os.geteuid()})
+    """
+    Return the owners an X endpoint may have by default: root and the current user.
+
+    Under ``sudo`` (root, with ``SUDO_UID`` set) the user who ran sudo counts too: it is their
+    display that root is asked to lend.
+    """
+    uids = {0, os.geteuid()}
+    sudo_uid = os.environ.get("SUDO_UID", "")
+    if os.geteuid() == 0 and sudo_uid.isdigit():
+        uids.add(int(sudo_uid))
+    return frozenset(uids)
 
 
 def _user(uid: int) -> str:

@@ -217,7 +217,10 @@ def reserve(
                 number, plan, places.socket_path(number) if abstract else None, freebind
             )
             if reservation is not None:
-                logger.debug("reserved display number %d on %s", number, reservation.addresses)
+                where = ", ".join(f"{a}:{p}" for a, p in reservation.addresses) or (
+                    f"@{places.socket_path(number)}" if abstract else "no address"
+                )
+                logger.debug("reserved display number %d (%s)", number, where)
                 return reservation
             busy += 1
             reason = (

@@ -354,7 +354,8 @@ class Connection:
     async def _upstream_refused(self, reason: str) -> None:
         """Answer Failed with `reason` (the display cannot serve this client); count an error."""
         self._path.counters.errors += 1
-        logger.warning("%s (connection #%d from %s)", reason, self.number, self.peer)
+        shown = reason.removeprefix("x11passthrough: ")  # the log has its own prefix
+        logger.warning("%s (connection #%d from %s)", shown, self.number, self.peer)
         await self._refuse(reason, await self._first_bytes())
 
     async def _refuse(self, reason: str, received: bytes, *, reply: bytes | None = None) -> None:
