@@ -63,6 +63,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _procfs import wait_for_reaped_children
+
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = {
@@ -119,15 +121,7 @@ class Route:
         if self.process is None:
             return 0.0
         pid = self.process.pid
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:  # let socat reap the child of the last connection
-            try:
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                break
-            if not children:
-                break
-            time.sleep(0.02)
+        wait_for_reaped_children(pid)  # socat reaps the child of the last connection
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

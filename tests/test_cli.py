@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.ci import require_executables
+from infra.cli import cli, display_options
 from infra.xvfb import XServer
 
 
@@ -41,10 +42,7 @@ def test_cli_run_lends_the_display(xvfb: XServer) -> None:
             sys.executable,
             "-m",
             "x11passthrough",
-            "--display",
-            xvfb.display,
-            "--xauthority",
-            str(xvfb.xauthority),
+            *display_options(xvfb),
             "--bind",
             "127.0.0.1",
             "run",
@@ -101,15 +99,12 @@ def test_cli_run_passes_signals_on_and_cleans_up(
     xvfb: XServer, tmp_path: Path, sig: signal.Signals
 ) -> None:
     """A signal to `run` reaches the command; the session directory is gone; 128+N."""
-    cli = subprocess.Popen(
+    command = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "x11passthrough",
-            "--display",
-            xvfb.display,
-            "--xauthority",
-            str(xvfb.xauthority),
+            *display_options(xvfb),
             "--bind",
             "127.0.0.1",
             "--host-dir",
@@ -124,28 +119,15 @@ def test_cli_run_passes_signals_on_and_cleans_up(
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert cli.stdout is not None
-    session = Path(cli.stdout.readline().strip())
+    assert command.stdout is not None
+    session = Path(command.stdout.readline().strip())
     assert session.exists()
-    cli.send_signal(sig)
-    assert cli.stdout.readline().strip() == f"got {int(sig)}"
-    assert cli.wait(30) == 128 + sig
-    cli.stdout.close()
+    command.send_signal(sig)
+    assert command.stdout.readline().strip() == f"got {int(sig)}"
+    assert command.wait(30) == 128 + sig
+    command.stdout.close()
     assert not session.parent.exists()
     assert list(tmp_path.iterdir()) == []
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "x11passthrough", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        timeout=timeout,
-    )
 
 
 def test_help_lists_the_commands() -> None:
@@ -243,10 +225,7 @@ def test_args_as_a_compose_override_file(xvfb: XServer) -> None:
     import yaml
 
     process, lines = hold(
-        "--display",
-        xvfb.display,
-        "--xauthority",
-        str(xvfb.xauthority),
+        *display_options(xvfb),
         "args",
         "--format",
         "compose",
@@ -268,10 +247,7 @@ def test_args_as_a_compose_override_file(xvfb: XServer) -> None:
 
 def test_args_as_shell_variables(xvfb: XServer) -> None:
     process, lines = hold(
-        "--display",
-        xvfb.display,
-        "--xauthority",
-        str(xvfb.xauthority),
+        *display_options(xvfb),
         "args",
         "--format",
         "env",
@@ -293,7 +269,7 @@ def test_args_as_shell_variables(xvfb: XServer) -> None:
 
 
 def test_doctor_passes_on_a_working_display(xvfb: XServer) -> None:
-    result = cli("--display", xvfb.display, "--xauthority", str(xvfb.xauthority), "doctor")
+    result = cli(*display_options(xvfb), "doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     steps = [line.split()[:2] for line in result.stdout.splitlines() if line[:1] != " "]
     assert ["ok", "display"] in steps

@@ -17,23 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from infra.cli import cli
 from infra.xvfb import XServer
 
 
 pytestmark = pytest.mark.e2e
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "x11passthrough", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        timeout=timeout,
-    )
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ logger = logging.getLogger("x11passthrough")
 DEFAULT_TIMEOUT = 1.0
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
     """An HTTP/1.1 connection over a UNIX socket."""
 
     def __init__(self, path: str, timeout: float) -> None:
@@ -100,7 +100,7 @@ def api_sockets(environ: Mapping[str, str] | None = None) -> list[str]:
 
 def _request(path: str, endpoint: str, timeout: float) -> tuple[dict[str, str], bytes]:
     """``GET`` `endpoint`; return the headers (names in lower case) and body of a 200 answer."""
-    connection = _UnixConnection(path, timeout)
+    connection = UnixHTTPConnection(path, timeout)
     try:
         connection.request("GET", endpoint, headers={"Accept": "application/json"})
         response = connection.getresponse()

@@ -9,8 +9,8 @@ stays untouched. This module has no pytest fixtures; the helpers work from scrip
 
 Pieces:
 
-- :func:`run_podman` (and :func:`run_podman_rootful`, :func:`run_podman_rootless`): run a podman
-  command as root, or as :data:`TEST_USER` through ``setpriv`` with a clean environment.
+- :func:`run_podman`: run a podman command as root, or as :data:`TEST_USER` through
+  ``setpriv`` with a clean environment.
 - :func:`copy_docker_image`: ``docker save`` into ``podman load``, skipped when Podman already
   holds the same image id under that name.
 - :func:`podman_works`: whether an engine runs a container at all, and why not.
@@ -29,7 +29,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from x11passthrough._engine import UnixHTTPConnection
 
 
 #: The second local user that runs the rootless engines (made by ``scripts/setup-engines``).
@@ -234,38 +235,6 @@ def run_podman(
     return result
 
 
-def run_podman_rootful(
-    args: Sequence[str], *, check: bool = True, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run one podman command as root with the test ``containers.conf``.
-
-    Args:
-        args: The podman arguments.
-        check: Raise on a non-zero exit.
-        timeout: Seconds before the command is killed.
-
-    Returns:
-        The finished process, output captured as text.
-    """
-    return run_podman(args, rootless=False, check=check, timeout=timeout)
-
-
-def run_podman_rootless(
-    args: Sequence[str], *, check: bool = True, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run one podman command as :data:`TEST_USER` with the test ``containers.conf``.
-
-    Args:
-        args: The podman arguments.
-        check: Raise on a non-zero exit.
-        timeout: Seconds before the command is killed.
-
-    Returns:
-        The finished process, output captured as text.
-    """
-    return run_podman(args, rootless=True, check=check, timeout=timeout)
-
-
 def docker_image_id(image: str) -> str:
     """The id of a Docker image, without the ``sha256:`` prefix.
 
@@ -446,24 +415,6 @@ def podman_works(
     return EngineStatus(works=True, detail="ok")
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """An HTTP connection over a UNIX stream socket."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 @dataclass(frozen=True)
 class HttpAnswer:
     """An engine API answer.
@@ -494,7 +445,7 @@ def unix_http_get(socket_path: Path | str, path: str, *, timeout: float = 10) ->
         OSError: Nothing listens there, or the connection broke.
         http.client.HTTPException: The answer was not HTTP.
     """
-    connection = _UnixHTTPConnection(str(socket_path), timeout)
+    connection = UnixHTTPConnection(str(socket_path), timeout)
     try:
         connection.request("GET", path, headers={"Host": "localhost"})
         response = connection.getresponse()

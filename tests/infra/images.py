@@ -452,7 +452,12 @@ def user_image(base: str, *, tag: str = "x11passthrough-test-user:latest") -> st
     )
     if found.returncode == 0 and found.stdout.strip():
         return tag
-    dockerfile = f"FROM {base_id}\nLABEL {label}={base_id}\nUSER {_USER_ID}\n"
+    # Its own inputs label: inherited from `base`, it would make reuse_cached() hand this image
+    # out as the root image.
+    dockerfile = (
+        f"FROM {base_id}\nLABEL {label}={base_id} {IMAGE_INPUTS_LABEL}=user-of-{base_id}\n"
+        f"USER {_USER_ID}\n"
+    )
     run_checked(
         ["docker", "build", "-q", "-t", tag, "-"],
         what="building the non-root test image",
