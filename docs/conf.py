@@ -29,7 +29,12 @@ autodoc_typehints = "description"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 myst_heading_anchors = 3
+# Definition lists (a term line, then ": text"): the options on the command-line reference page.
+myst_enable_extensions = ["deflist"]
 nitpicky = True
+# DockerRunArgs.add_to returns the mapping it was given; its private TypeVar is shown as the
+# bound it stands for.
+autodoc_type_aliases = {"_Kwargs": "collections.abc.MutableMapping"}
 
 # The standard library names the API mentions, linked to the real pages of docs.python.org.
 # The build machine has no network, so the inventory intersphinx reads is written here from
@@ -42,6 +47,7 @@ PYTHON_NAMES = {
         "collections.abc.Iterable": "library/collections.abc.html",
         "collections.abc.Iterator": "library/collections.abc.html",
         "collections.abc.Mapping": "library/collections.abc.html",
+        "collections.abc.MutableMapping": "library/collections.abc.html",
         "collections.abc.Sequence": "library/collections.abc.html",
         "ipaddress.IPv4Address": "library/ipaddress.html",
         "ipaddress.IPv4Network": "library/ipaddress.html",
@@ -60,7 +66,7 @@ PYTHON_NAMES = {
         "enum.IntEnum": "library/enum.html",
     },
     "py:method": {"socket.socket.connect": "library/socket.html"},
-    "py:data": {"os.environ": "library/os.html"},
+    "py:data": {"os.environ": "library/os.html", "typing.Literal": "library/typing.html"},
     "py:module": {"ipaddress": "library/ipaddress.html", "asyncio": "library/asyncio.html"},
 }
 
