@@ -322,3 +322,24 @@ def test_xvfb_lends_a_private_display_without_display_set(tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr
     assert "800x600 pixels" in result.stdout
+
+
+def test_every_option_is_in_the_reference() -> None:
+    """docs/reference/cli.md documents every flag the parser has, in every command."""
+    import argparse
+
+    from x11passthrough._cli import _parser
+
+    reference = (Path(__file__).parents[1] / "docs" / "reference" / "cli.md").read_text()
+    parsers = [_parser()]
+    flags: set[str] = set()
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            flags.update(o for o in action.option_strings if o.startswith("--"))
+    flags.discard("--help")
+    assert len(flags) > 15
+    missing = sorted(f for f in flags if f"`{f}" not in reference)
+    assert missing == []

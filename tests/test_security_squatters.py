@@ -20,6 +20,7 @@ from x11passthrough.display import DisplayLocator, Endpoint
 from x11passthrough.exceptions import DisplayOwnerError
 from x11passthrough.xauth import Xauthority
 
+from infra.cli import cli
 from infra.processes import wait_until
 from infra.users import OTHER_USER, Squatter, free_display, other_user
 from infra.xvfb import XServer
@@ -187,3 +188,32 @@ def test_a_host_network_container_squatting_the_port_gets_no_cookie(
 def container_log(name: str) -> str:
     done = subprocess.run(["docker", "logs", name], capture_output=True, text=True, check=False)
     return done.stdout + done.stderr
+
+
+def test_the_command_line_names_trust_owner_and_follows_it(
+    xvfb: XServer, squatters: list[Squatter]
+) -> None:
+    """The refusal speaks CLI; ``--trust-owner USER`` admits that user's endpoint, only it."""
+    number = free_display()
+    squatter = squat(squatters, "tcp", f"127.0.0.1:{6000 + number}")
+    display = f"127.0.0.1:{number}"
+    refused = cli("--display", display, "--xauthority", str(xvfb.xauthority), "doctor")
+    assert refused.returncode == 1
+    assert f"uid {squatter.uid} ({OTHER_USER})" in refused.stdout
+    assert "--trust-owner with that user's name or uid" in refused.stdout
+    assert "DisplayLocator" not in refused.stdout
+    assert squatter.report().received == b""
+
+    trusted_squatter = squat(squatters, "tcp", f"127.0.0.1:{6000 + number}")
+    trusted = cli(
+        *("--display", display, "--xauthority", str(xvfb.xauthority)),
+        *("--trust-owner", OTHER_USER, "doctor"),
+    )
+    assert f"ok    display    {display} is tcp:127.0.0.1:{6000 + number}" in trusted.stdout
+    assert f"owned by {OTHER_USER}" in trusted.stdout
+    assert trusted.returncode == 1  # a squatter is no X server: the cookie step fails
+    assert trusted_squatter.report().connections >= 1
+
+    unknown = cli("--display", display, "--trust-owner", "no-such-user-x", "doctor")
+    assert unknown.returncode == 2
+    assert "--trust-owner 'no-such-user-x': no such user" in unknown.stderr

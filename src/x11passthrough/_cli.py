@@ -74,6 +74,13 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     group.add_argument("--host-dir", default=default, help="where the session directory goes")
     group.add_argument(
+        "--trust-owner",
+        action="append",
+        default=default,
+        metavar="USER",
+        help="also accept a display whose socket belongs to USER (name or uid; repeatable)",
+    )
+    group.add_argument(
         "-v",
         "--verbose",
         action="count",

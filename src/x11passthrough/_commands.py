@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import pwd
 import re
 import shlex
 import subprocess
@@ -24,6 +25,8 @@ from typing import Any
 
 from . import _child
 from ._args import DockerRunArgs
+from ._display._locator import DisplayLocator
+from ._display._owner import trusted_uids
 from ._doctor import diagnose
 from ._passthrough import X11Passthrough
 from ._transport import EngineChoice
@@ -62,6 +65,10 @@ _SPEAK = [
         "--display :0 (or --xvfb for a private X server)",
     ),
     (
+        re.compile(r"DisplayLocator\(trusted_owners=\.\.\.\) with its uid as locator=\.\.\."),
+        "--trust-owner with that user's name or uid",
+    ),
+    (
         re.compile(rf"\b({'|'.join(_FLAG_NAMES)})=(?:'([^']*)'|(\.\.\.)|([^\s,;)]+))"),
         None,
     ),
@@ -70,13 +77,14 @@ _SPEAK = [
 
 def speak(message: str) -> str:
     """Rewrite a library message in the command line's words (``bind=...`` -> ``--bind ...``)."""
-    message = _SPEAK[0][0].sub(str(_SPEAK[0][1]), message)
+    for pattern, words in _SPEAK[:-1]:
+        message = pattern.sub(str(words), message)
 
     def flag(match: re.Match[str]) -> str:
         value = match.group(2) if match.group(2) is not None else match.group(3) or match.group(4)
         return f"--{match.group(1).replace('_', '-')} {value}"
 
-    return _SPEAK[1][0].sub(flag, message)
+    return _SPEAK[-1][0].sub(flag, message)
 
 
 def execute(opts: argparse.Namespace) -> int:
@@ -146,10 +154,26 @@ def _options(opts: argparse.Namespace, wrapped: Wrapped | None) -> dict[str, Any
         "transport": opts.transport,
         "engine": engine,
     }
+    if opts.trust_owner:
+        options["locator"] = DisplayLocator(
+            trusted_owners=trusted_uids() | {_uid(user) for user in opts.trust_owner}
+        )
     if wrapped is not None and wrapped.hostname:
         # The user's own name: an entry for it, for clients that look their cookie up by it.
         options["container_hostname"] = wrapped.hostname
     return options
+
+
+def _uid(user: str) -> int:
+    """Return the uid of `user` (a user name or a number) for ``--trust-owner``."""
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise ConfigurationError(
+            f"--trust-owner {user!r}: no such user on this host; give a user name or a uid"
+        ) from None
 
 
 def _check_conflicts(opts: argparse.Namespace, wrapped: Wrapped | None) -> None:

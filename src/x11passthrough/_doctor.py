@@ -199,7 +199,7 @@ def _host_side(
 ) -> bool:
     try:
         name = DisplayName.parse(display_text)
-        connection = DisplayLocator().connect(name)
+        connection = (options.get("locator") or DisplayLocator()).connect(name)
     except X11PassthroughError as e:
         return report.fail("display", speak(str(e)))
     with connection:
