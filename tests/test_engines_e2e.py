@@ -203,10 +203,12 @@ class Them:
     server: XServer
     authority: Path
 
-    def run(self, command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-        """``x11passthrough run -- COMMAND`` as the other user, with their authority file."""
+    def run(
+        self, command: list[str], *options: str, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """``x11passthrough [OPTIONS] run -- COMMAND`` as the other user, with their file."""
         cli = ["/usr/bin/python3", "-m", "x11passthrough", "--display", self.server.display]
-        cli += ["--xauthority", str(self.authority), "run", "--", *command]
+        cli += ["--xauthority", str(self.authority), *options, "run", "--", *command]
         return as_them(self.user, self.library, cli, **env)
 
 
@@ -269,3 +271,14 @@ def test_rootless_docker(
 ) -> None:
     command = ["docker", "run", "--rm", *options, x11_image, client]
     succeeded(them.run(command, DOCKER_HOST=rootless_docker.url), client)
+
+
+def test_rootless_docker_refuses_tcp_before_the_container_runs(
+    them: Them, rootless_docker: RootlessDockerd, x11_image: str
+) -> None:
+    """Its containers cannot reach docker0: a one-line error naming the fix, exit status 2."""
+    command = ["docker", "run", "--rm", x11_image, "xdpyinfo"]
+    result = them.run(command, "--transport", "tcp", DOCKER_HOST=rootless_docker.url)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("x11passthrough: error: --transport tcp with rootless Docker")
+    assert "use --transport unix (the default)" in result.stderr
