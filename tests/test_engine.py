@@ -261,3 +261,17 @@ def test_rootless_docker_has_no_tcp_address_to_lend(
             gateway=None,
             host_dir=None,
         )
+
+
+def test_a_told_docker_engine_is_not_taken_for_rootless(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A non-root user's ``engine="docker"`` with nothing answering still gets TCP on docker0."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nothing.sock'}")
+    monkeypatch.setattr("x11passthrough._transport.os.geteuid", lambda: 1000)
+    told = plan(
+        transport="tcp", engine="docker", bind=None, host_alias=None, gateway=None, host_dir=None
+    )
+    assert told.transport == "tcp"
+    assert told.engine is not None
+    assert told.engine.socket is None

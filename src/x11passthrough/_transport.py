@@ -126,7 +126,9 @@ def plan(
         )
     if kind == "podman":
         return _podman_plan(found, alias, host_dir)
-    if kind == "docker" and found is not None and found.rootless:
+    if kind == "docker" and found is not None and found.rootless and found.socket is not None:
+        # Only an engine that said so: a user told `engine="docker"` is usually in the docker
+        # group of a rootful engine, whatever their uid.
         raise ConfigurationError(
             "transport='tcp' with rootless Docker: its containers live in rootlesskit's "
             "network namespace and cannot reach this host's docker0; use transport='unix' "
