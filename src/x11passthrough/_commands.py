@@ -59,7 +59,8 @@ def engine_of(command: Sequence[str]) -> EngineChoice:
 
 # The library's messages name its keyword options; the command line has flags.
 _FLAG_NAMES = ("display", "xauthority", "auth", "bind", "allow", "host_dir", "transport", "engine")
-_SPEAK = [
+#: Library phrases that have a command-line equivalent, replaced whole.
+_PHRASES = [
     (
         re.compile(r"X11Passthrough\(display=':0'\)"),
         "--display :0 (or --xvfb for a private X server)",
@@ -68,23 +69,21 @@ _SPEAK = [
         re.compile(r"DisplayLocator\(trusted_owners=\.\.\.\) with its uid as locator=\.\.\."),
         "--trust-owner with that user's name or uid",
     ),
-    (
-        re.compile(rf"\b({'|'.join(_FLAG_NAMES)})=(?:'([^']*)'|(\.\.\.)|([^\s,;)]+))"),
-        None,
-    ),
 ]
+#: ``name=value`` of a keyword option that is also a flag.
+_KEYWORD = re.compile(rf"\b({'|'.join(_FLAG_NAMES)})=(?:'([^']*)'|(\.\.\.)|([^\s,;)]+))")
 
 
 def speak(message: str) -> str:
     """Rewrite a library message in the command line's words (``bind=...`` -> ``--bind ...``)."""
-    for pattern, words in _SPEAK[:-1]:
-        message = pattern.sub(str(words), message)
+    for pattern, words in _PHRASES:
+        message = pattern.sub(words, message)
 
     def flag(match: re.Match[str]) -> str:
         value = match.group(2) if match.group(2) is not None else match.group(3) or match.group(4)
         return f"--{match.group(1).replace('_', '-')} {value}"
 
-    return _SPEAK[-1][0].sub(flag, message)
+    return _KEYWORD.sub(flag, message)
 
 
 def execute(opts: argparse.Namespace) -> int:
