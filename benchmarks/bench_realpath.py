@@ -101,7 +101,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from _procfs import wait_for_reaped_children
+import _host
 
 import x11passthrough
 
@@ -276,7 +276,7 @@ class Forwarder:
         """Wait (up to 2 s) until socat has reaped the children of the last connections."""
         if self.relay:
             return
-        wait_for_reaped_children(self.pid)
+        _host.wait_for_reaped_children(self.pid)
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid, children=not self.relay)
@@ -440,19 +440,11 @@ def docker0_address() -> str:
 
 
 def free_display(avoid: set[int], start: int = 20) -> int:
-    """Return a display number whose socket, lock file and TCP port 6000+N are all free."""
-    for number in range(start, 200):
-        if number in avoid:
-            continue
-        if Path(f"/tmp/.X11-unix/X{number}").exists() or Path(f"/tmp/.X{number}-lock").exists():
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", 6000 + number))
-            except OSError:
-                continue
-        return number
-    raise BenchError(f"no free display number between {start} and 200")
+    """Return a free display number (see :func:`_host.free_display`)."""
+    number = _host.free_display(avoid, start)
+    if number is None:
+        raise BenchError(f"no free display number between {start} and 200")
+    return number
 
 
 def wild_entry(source: Path, number: int, out: Path) -> None:

@@ -63,7 +63,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _procfs import wait_for_reaped_children
+import _host
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,7 +121,7 @@ class Route:
         if self.process is None:
             return 0.0
         pid = self.process.pid
-        wait_for_reaped_children(pid)  # socat reaps the child of the last connection
+        _host.wait_for_reaped_children(pid)  # socat reaps the child of the last connection
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -131,17 +131,11 @@ class Route:
 
 
 def free_display(avoid: set[int]) -> int:
-    """Return a display number M whose TCP port 6000+M is free on every interface."""
-    for number in range(20, 200):
-        if number in avoid or Path(f"/tmp/.X11-unix/X{number}").exists():
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", 6000 + number))
-            except OSError:
-                continue
-        return number
-    raise SystemExit("no free display number between 20 and 200")
+    """Return a free display number (see :func:`_host.free_display`)."""
+    number = _host.free_display(avoid)
+    if number is None:
+        raise SystemExit("no free display number between 20 and 200")
+    return number
 
 
 def start_xvfb(workdir: Path, cookie: str) -> tuple[subprocess.Popen[bytes], int]:
