@@ -23,10 +23,13 @@ from x11passthrough._x11.requests import Hidden, RequestFilter
 SHM_MAJOR = 130
 DRI3_MAJOR = 149
 BIGREQ_MAJOR = 133
+OTHER_MAJORS = frozenset(range(128, 160)) - {SHM_MAJOR, DRI3_MAJOR, BIGREQ_MAJOR}
 HIDDEN = Hidden(
     names=frozenset({b"MIT-SHM", b"DRI3"}),
     majors=frozenset({SHM_MAJOR, DRI3_MAJOR}),
     big_requests=BIGREQ_MAJOR,
+    extensions=OTHER_MAJORS | {SHM_MAJOR, DRI3_MAJOR, BIGREQ_MAJOR},
+    max_request=4194303,
 )
 
 
@@ -80,12 +83,29 @@ def requests(draw: st.DrawFn, order: bytes) -> list[Request]:
     big = False
     made: list[Request] = []
     for _ in range(draw(st.integers(0, 25))):
-        kind = draw(st.sampled_from(["plain", "query", "hidden-query", "shm", "dri3", "bigreq"]))
+        kinds = ["plain", "unknown", "query", "hidden-query", "shm", "dri3", "bigreq", "bad-enable"]
+        kind = draw(st.sampled_from(kinds))
         as_big = big and draw(st.booleans())
         if kind == "plain":
-            major = draw(st.integers(1, 255).filter(lambda m: m not in (98, 130, 133, 149)))
+            majors = st.integers(1, 127).filter(lambda m: m != 98) | st.sampled_from(
+                sorted(OTHER_MAJORS)
+            )
+            major = draw(majors)
             body = draw(st.binary(max_size=40))
             data = request(order, major, draw(st.integers(0, 255)), body, big=as_big)
+            made.append(Request(data, data))
+        elif kind == "unknown":
+            major = draw(st.integers(160, 255))
+            data = request(order, major, draw(st.integers(0, 255)), b"", big=as_big)
+            made.append(Request(data, b"\0" + data[1:]))
+        elif kind == "bad-enable":
+            # Any other minor, or another length, enables nothing (BadRequest, BadLength).
+            minor, body = draw(
+                st.sampled_from([(1, b""), (0, b"xxxx"), (255, b""), (0, b"12345678")])
+            )
+            data = request(order, BIGREQ_MAJOR, minor, body)
+            if draw(st.booleans()) and not big:
+                data = data[:2] + b"\0\0"  # length 0: a 4-byte request
             made.append(Request(data, data))
         elif kind == "query":
             name = draw(st.sampled_from([b"RANDR", b"MIT-SHN", b"DRI2", b"XInputExtension"]))
@@ -167,10 +187,21 @@ def test_a_large_request_passes_without_being_held() -> None:
 @pytest.mark.parametrize(
     ("stream", "problem"),
     [
-        (request(b"l", 1, 0, b"")[:2] + b"\0\0" + b"x" * 8, "length 0 without enabling"),
         (
             request(b"l", BIGREQ_MAJOR, 0, b"") + struct.pack("<BBHI", 1, 0, 0, 1),
             "big request of 1 words",
+        ),
+        (
+            request(b"l", BIGREQ_MAJOR, 0, b"") + struct.pack("<BBHI", 1, 0, 0, 0),
+            "big request of 0 words",
+        ),
+        (
+            request(b"l", BIGREQ_MAJOR, 0, b"") + struct.pack("<BBHI", 1, 0, 0, 4194304),
+            "over the X server's maximum of 4194303",
+        ),
+        (
+            request(b"l", BIGREQ_MAJOR, 0, b"") + struct.pack("<BBHI", 1, 0, 0, 0x40000001),
+            "over the X server's maximum",
         ),
     ],
 )
@@ -184,8 +215,69 @@ def test_a_stream_the_server_could_read_otherwise_closes_the_connection(
     assert bytes(request_filter.feed(bytearray(b"more"))) == b""
 
 
-def test_without_big_requests_on_the_server_length_zero_is_refused() -> None:
-    no_big = RequestFilter(attrs.evolve(HIDDEN, big_requests=None))
-    stream = setup(b"l") + request(b"l", BIGREQ_MAJOR, 0, b"") + struct.pack("<BBHI", 1, 0, 0, 3)
-    no_big.feed(bytearray(stream + b"\0" * 4))
-    assert no_big.problem is not None
+def test_length_zero_without_big_requests_is_a_four_byte_request() -> None:
+    """The server reads a 4-byte request (and answers BadLength); so does the filter."""
+    stream = setup(b"l") + request(b"l", 43, 0, b"")[:2] + b"\0\0" + query(b"l", b"MIT-SHM")
+    out, request_filter = run(stream, [])
+    assert request_filter.problem is None
+    assert out == hide_name(stream, b"MIT-SHM")
+    assert request_filter.requests == 2
+
+
+@pytest.mark.parametrize("order", [b"l", b"B"])
+@pytest.mark.parametrize(
+    "enable",
+    [
+        request(b"l", BIGREQ_MAJOR, 1, b""),  # minor 1: BadRequest
+        request(b"l", BIGREQ_MAJOR, 0, b"pad!"),  # length 2: BadLength
+        request(b"l", BIGREQ_MAJOR, 0, b"")[:2] + b"\0\0",  # length 0: BadLength
+    ],
+)
+def test_a_malformed_enable_leaves_16_bit_lengths(order: bytes, enable: bytes) -> None:
+    """
+    Issue 17: the exploit's stream. The server stays with 16-bit lengths after a malformed
+    BigReqEnable, so the length-0 request after it is 4 bytes and the QueryExtension after that
+    is judged, wherever the reads are cut.
+    """
+    fmt = ">" if order == b"B" else "<"
+    major, minor, words = struct.unpack("<BBH", enable[:4])
+    enable = struct.pack(fmt + "BBH", major, minor, words) + enable[4:]
+    zero = struct.pack(fmt + "BBH", 43, 0, 0)
+    stream = setup(order) + enable + zero + query(order, b"MIT-SHM")
+    stream += request(order, SHM_MAJOR, 1, b"\1\2\3\4" * 3)
+    expected = hide_name(stream, b"MIT-SHM")
+    at = len(expected) - 16
+    expected = expected[:at] + b"\0" + expected[at + 1 :]
+    for cut in range(len(stream) + 1):
+        out, request_filter = run(stream, [cut])
+        assert request_filter.problem is None
+        assert out == expected
+        assert request_filter.requests == 4
+
+
+def test_unknown_extension_majors_become_bad_requests() -> None:
+    stream = setup(b"l") + request(b"l", 200, 0, b"abcd") + request(b"l", 140, 0, b"")
+    out, request_filter = run(stream, [])
+    assert out == setup(b"l") + b"\0" + request(b"l", 200, 0, b"abcd")[1:] + stream[-4:]
+    assert request_filter.requests_blocked == 1
+
+
+def test_an_enable_the_server_refuses_the_relay_never_reaches_it() -> None:
+    """An enable the server would not grant never reaches it: framing stays 16-bit."""
+    no_big = RequestFilter(attrs.evolve(HIDDEN, max_request=0))
+    enable = request(b"l", BIGREQ_MAJOR, 0, b"")
+    stream = setup(b"l") + enable + struct.pack("<BBHI", 1, 0, 0, 3)
+    out = bytes(no_big.feed(bytearray(stream)))
+    assert no_big.problem is None
+    assert out == setup(b"l") + b"\0" + enable[1:] + stream[-8:]
+    assert no_big.requests == 3
+
+
+def test_queries_for_refused_extensions_are_reported() -> None:
+    asked: list[bytes] = []
+    refused = attrs.evolve(HIDDEN, refused={b"GLX": "untrusted", b"MIT-SHM": "hidden"})
+    request_filter = RequestFilter(refused, on_query=asked.append)
+    stream = setup(b"B") + query(b"B", b"GLX") + query(b"B", b"MIT-SHM") + query(b"B", b"XKB")
+    out = bytes(request_filter.feed(bytearray(stream)))
+    assert asked == [b"GLX", b"MIT-SHM"]
+    assert out == hide_name(stream, b"MIT-SHM")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 
 from collections.abc import Collection
 
@@ -19,8 +20,9 @@ from ._cleanup import Cleanup
 from ._display._endpoint import Endpoint
 from ._display._locate import DisplayConnection
 from ._display._owner import ownership_problem
-from ._x11.handshake import CookieKeeper, handshake, query_extensions
-from ._x11.requests import BIG_REQUESTS, HIDDEN_EXTENSIONS, Hidden
+from ._x11.extensions import ServerExtensions, learn_extensions
+from ._x11.handshake import CookieKeeper, handshake
+from ._x11.requests import HIDDEN_EXTENSIONS, Hidden
 from ._x11.security import SecurityClient, UntrustedCookie
 from ._x11.wire import MIT_MAGIC_COOKIE_1, SetupStatus
 from ._x11.xlib import SetupRefusedError, open_display
@@ -49,8 +51,10 @@ class Upstream:
         keeper: In ``untrusted`` mode, the connection that holds the untrusted cookie.
         untrusted: In ``untrusted`` mode, the cookie (its id names it to the server).
         trusted_owners: Who may own the endpoint (None: root and the current user).
-        hidden: The extensions the relay keeps from its clients, numbered by this server
-            (None in ``untrusted`` mode: the server keeps them from untrusted clients).
+        hidden: The extensions the relay keeps from its clients and the ones it lets through,
+            numbered by the server they reach: a :class:`ExtensionWatch` that learns them
+            again when the server restarts, or (``untrusted`` mode, where a restart ends the
+            cookie and with it every new connection) the numbering learned at start.
     """
 
     endpoint: Endpoint
@@ -59,7 +63,7 @@ class Upstream:
     keeper: CookieKeeper | None = None
     untrusted: UntrustedCookie | None = None
     trusted_owners: Collection[int] | None = None
-    hidden: Hidden | None = None
+    hidden: ExtensionWatch | Hidden | None = None
 
     def check(self, sock: socket.socket) -> str | None:
         """Return why a new relay connection to the display must not be used, or None."""
@@ -99,22 +103,32 @@ class HostSide:
             DisplayError: The server did not complete a setup.
         """
         if not untrusted:
-            with connection:
+            try:
                 real = self._real_cookie(connection)
                 hidden = self._check(connection, real)
+            except BaseException:
+                connection.close()
+                raise
+            # The connection that learned the extensions stays open: when the server restarts
+            # it ends, and the next client waits until they are learned again.
+            watch = ExtensionWatch(
+                self, endpoint=connection.endpoint, present=real, sock=connection.socket
+            )
+            watch.learned = hidden
+            cleanup.add("closing the connection that watches the X server", watch.close)
             return Upstream(
                 endpoint=connection.endpoint,
                 real=real,
                 present=real,
                 trusted_owners=self.trusted_owners,
-                hidden=hidden,
+                hidden=watch,
             )
         try:
             real = self._real_cookie(connection)
         except BaseException:
             connection.close()
             raise
-        cookie, keeper = self._untrusted_cookie(connection, real, cleanup)
+        cookie, keeper, hidden = self._untrusted_cookie(connection, real, cleanup)
         return Upstream(
             endpoint=connection.endpoint,
             real=real,
@@ -122,6 +136,7 @@ class HostSide:
             keeper=keeper,
             untrusted=cookie,
             trusted_owners=self.trusted_owners,
+            hidden=hidden,
         )
 
     def _real_cookie(self, connection: DisplayConnection) -> bytes | None:
@@ -169,27 +184,57 @@ class HostSide:
                 timeout=self.connect_timeout,
             )
             if reply.status is SetupStatus.SUCCESS:
-                found = query_extensions(
-                    connection.socket,
-                    [*HIDDEN_EXTENSIONS, BIG_REQUESTS],
-                    timeout=self.connect_timeout,
-                )
+                found = learn_extensions(connection.socket, timeout=self.connect_timeout)
         except X11SetupError as e:
             raise DisplayError(f"the X display at {connection.endpoint}: {e}") from e
         if reply.status is not SetupStatus.SUCCESS:
             raise self._refused(connection, real, reply.reason)
         if real is None:
             logger.info("the X display %s admits clients without a cookie", connection.name)
-        majors = frozenset(m for n, m in found.items() if n in HIDDEN_EXTENSIONS and m is not None)
-        return Hidden(
-            names=frozenset(HIDDEN_EXTENSIONS),
-            majors=majors,
-            big_requests=found[BIG_REQUESTS],
-        )
+        return found.hidden()
+
+    def learn(self, endpoint: Endpoint, present: bytes | None) -> tuple[socket.socket, Hidden]:
+        """
+        Connect to `endpoint` again, check its owner, and learn its extensions.
+
+        Returns:
+            The connection (open, to watch) and what the relay keeps from clients.
+
+        Raises:
+            DisplayError: The display cannot be reached, is owned by someone else, refused
+                the cookie, or did not answer.
+        """
+        try:
+            sock = endpoint.connect(self.connect_timeout)
+        except OSError as e:
+            raise DisplayError(f"cannot reach the X display at {endpoint}: {e}") from e
+        try:
+            problem = ownership_problem(sock, endpoint, self.trusted_owners)
+            if problem is not None:
+                raise DisplayOwnerError(problem)
+            reply = handshake(
+                sock,
+                MIT_MAGIC_COOKIE_1 if present else b"",
+                present or b"",
+                timeout=self.connect_timeout,
+            )
+            if reply.status is not SetupStatus.SUCCESS:
+                raise DisplayError(
+                    f"the X server at {endpoint} refused the cookie it accepted at start: "
+                    f"{reply.reason.strip() or 'no reason given'}"
+                )
+            hidden = learn_extensions(sock, timeout=self.connect_timeout).hidden()
+        except X11SetupError as e:
+            sock.close()
+            raise DisplayError(f"the X display at {endpoint}: {e}") from e
+        except BaseException:
+            sock.close()
+            raise
+        return sock, hidden
 
     def _untrusted_cookie(
         self, connection: DisplayConnection, real: bytes | None, cleanup: Cleanup
-    ) -> tuple[UntrustedCookie, CookieKeeper]:
+    ) -> tuple[UntrustedCookie, CookieKeeper, Hidden]:
         where = str(connection.endpoint)
         try:
             display = open_display(
@@ -206,18 +251,29 @@ class HostSide:
             raise SecurityExtensionError(str(e)) from None
         client = SecurityClient(display, timeout=self.connect_timeout, where=where)
         cleanup.add("closing the SECURITY connection", client.close)
+        trusted_names = [name.encode() for name in display.list_extensions()]
         cookie = client.generate(timeout=self.untrusted_timeout)
 
         def revoke() -> None:
             client.revoke(cookie)
 
         cleanup.add("revoking the untrusted cookie", revoke)
-        keeper = self._keep(connection.endpoint, cookie.data)
+        keeper, found = self._keep(connection.endpoint, cookie.data)
         cleanup.add("closing the connection that holds the untrusted cookie", keeper.close)
-        return cookie, keeper
+        refused = {
+            name: "the X server refuses it to untrusted clients (--auth untrusted; a client "
+            "that needs it wants --auth substitute)"
+            for name in trusted_names
+            if name not in found.majors and name not in HIDDEN_EXTENSIONS
+        }
+        return cookie, keeper, found.hidden(refused)
 
-    def _keep(self, endpoint: Endpoint, cookie: bytes) -> CookieKeeper:
-        """Open the connection that keeps the untrusted cookie alive while we run."""
+    def _keep(self, endpoint: Endpoint, cookie: bytes) -> tuple[CookieKeeper, ServerExtensions]:
+        """
+        Open the connection that keeps the untrusted cookie alive while we run.
+
+        It also learns the extensions the server offers untrusted clients.
+        """
         try:
             sock = endpoint.connect(self.connect_timeout)
         except OSError as e:
@@ -226,10 +282,14 @@ class HostSide:
             ) from e
         try:
             self._present_untrusted(sock, endpoint, cookie)
+            found = learn_extensions(sock, timeout=self.connect_timeout)
+        except X11SetupError as e:
+            sock.close()
+            raise SecurityExtensionError(f"the X display at {endpoint}: {e}") from e
         except BaseException:
             sock.close()
             raise
-        return CookieKeeper(sock)
+        return CookieKeeper(sock), found
 
     def _present_untrusted(self, sock: socket.socket, endpoint: Endpoint, cookie: bytes) -> None:
         """Check the keeper's endpoint and make its setup with the untrusted cookie."""
@@ -245,3 +305,88 @@ class HostSide:
                 f"the X server at {endpoint} refused the untrusted cookie it had just "
                 f"issued: {reply.reason.strip() or 'no reason given'}"
             )
+
+
+class ExtensionWatch:
+    """
+    The extensions of the X server generation the relay's connections reach. Strictly private.
+
+    Extension major opcodes are numbered when the server starts: a server restarted on the same
+    display with other extensions numbers them differently, and a relay that kept the old
+    numbers would let a client use a hidden extension under a major it believes is another
+    (issue 17). The connection that learned them stays open: the server closes it when it
+    exits or resets. :meth:`current` tells, in one system call, whether the numbers still hold;
+    when they do not, :meth:`relearn` (blocking, so the relay runs it off its event loop)
+    connects again and learns the new server's, and every client waits for that. The relay
+    calls :meth:`current` after its own connection for the client is up: a new server accepts
+    connections only after the old one closed all of its, so a relayed connection to a new
+    server always finds the watch ended.
+    """
+
+    def __init__(
+        self, host: HostSide, *, endpoint: Endpoint, present: bytes | None, sock: socket.socket
+    ) -> None:
+        self._host = host
+        self._endpoint = endpoint
+        self._present = present
+        self._sock: socket.socket | None = sock
+        self._lock = threading.Lock()
+        self._closed = False
+        #: What the relay keeps from clients of the server the watch is connected to.
+        self.learned: Hidden | None = None
+        #: How many times the extensions were learned again after the server went away.
+        self.relearned = 0
+
+    def current(self) -> Hidden | None:
+        """Return the extensions of the server the relay reaches, or None if it went away."""
+        sock = self._sock
+        learned = self.learned
+        if sock is None or learned is None:
+            return None
+        try:
+            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return learned
+        except OSError:
+            data = b""
+        if data:
+            return learned  # the server sent something unasked: still the same server
+        return None
+
+    def relearn(self) -> Hidden | str:
+        """Learn the extensions of the server now at the endpoint; return why not if it fails."""
+        with self._lock:
+            learned = self.current()
+            if learned is not None:
+                return learned
+            if self._closed:
+                return "the relay is closing"
+            old, self._sock, self.learned = self._sock, None, None
+            if old is not None:
+                old.close()
+            try:
+                sock, learned = self._host.learn(self._endpoint, self._present)
+            except DisplayError as e:
+                logger.warning("cannot learn the extensions of the restarted X display: %s", e)
+                return (
+                    "the X display restarted and x11passthrough could not learn its "
+                    f"extensions: {e}"
+                )
+            if self._closed:
+                sock.close()
+                return "the relay is closing"
+            self._sock, self.learned = sock, learned
+            self.relearned += 1
+            logger.info(
+                "the X display at %s went away and came back: extensions learned again",
+                self._endpoint,
+            )
+            return learned
+
+    def close(self) -> None:
+        """Close the watching connection."""
+        with self._lock:
+            self._closed = True
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None

@@ -15,10 +15,11 @@ import logging
 import socket
 import time
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._x11.gate import Accept, Reject
-from .._x11.requests import RequestFilter
+from .._x11.requests import Hidden, RequestFilter
 from .._x11.wire import failed_reply
 from .flows import HAVE_SPLICE, MAX_SPLICE_PIPES, PIPE_SIZE, CopyFlow, Flow, SpliceFlow
 from .options import SetupFilter
@@ -79,6 +80,7 @@ class Connection:
     __slots__ = (
         "_owner",
         "_path",
+        "_refused",
         "_setup_filter",
         "_target",
         "address",
@@ -128,6 +130,7 @@ class Connection:
         self.received = b""
         self.forwarded = 0
         self.started = time.monotonic()
+        self._refused: Mapping[bytes, str] = {}
 
     async def establish(self) -> None:
         """Run the setup filter (if any), connect upstream and start relaying."""
@@ -161,10 +164,28 @@ class Connection:
             return
         self.upstream = upstream
         hidden = self._path.options.hidden
-        request_filter = None if hidden is None else RequestFilter(hidden)
+        if hidden is not None and not isinstance(hidden, Hidden):
+            # After the upstream connection is up: a restarted server (new extension
+            # numbers) accepts it only after it closed the connection that watches it.
+            found = hidden.current()
+            if found is None:
+                found = await self.loop.run_in_executor(None, hidden.relearn)
+                if not owner.serving:
+                    raise asyncio.CancelledError
+            if isinstance(found, str):
+                self.upstream = None
+                self._close_upstream(upstream)
+                await self._upstream_refused(f"x11passthrough: {found}")
+                return
+            hidden = found
+        request_filter = None
+        if hidden is not None:
+            self._refused = hidden.refused
+            request_filter = RequestFilter(hidden, on_query=self._asked)
         if request_filter is not None and forward:
             forward = bytes(request_filter.feed(bytearray(forward)))
             if request_filter.problem is not None:
+                logger.warning("relay: %s", request_filter.problem)
                 self.fail(f"x11passthrough: {request_filter.problem}")
                 return
         if forward:
@@ -404,6 +425,21 @@ class Connection:
                 flow.start(request_filter)
             else:
                 flow.start()
+
+    def _asked(self, name: bytes) -> None:
+        """Say, once per relay, that a client asked for an extension it does not get."""
+        told = self._path.told
+        if name in told:
+            return
+        told.add(name)
+        logger.warning(
+            "a client (connection #%d from %s) asked for the X extension %s, which it does not "
+            "get: %s",
+            self.number,
+            self.peer,
+            name.decode("ascii", "replace"),
+            self._refused.get(name, "it is hidden"),
+        )
 
     def sent_eof(self, sock: socket.socket) -> bool:
         """Tell whether `sock` (the client or the upstream socket) sent EOF."""

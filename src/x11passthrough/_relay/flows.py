@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 
@@ -36,6 +37,8 @@ MAX_SPLICE_PIPES = 64
 HAVE_SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if HAVE_SPLICE else 0
 _RETRY = (BlockingIOError, InterruptedError)
+
+logger = logging.getLogger("x11passthrough")
 
 
 class FlowOwner(Protocol):
@@ -309,6 +312,7 @@ class CopyFlow(Flow):
         passed = request_filter.feed(data)
         problem = request_filter.problem
         if problem is not None:
+            logger.warning("relay: %s", problem)
             self._conn.fail(f"x11passthrough: {problem}")
             return passed[:0]
         return passed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
@@ -28,6 +28,18 @@ SetupFilter = Callable[[bytes], "Accept | Reject | None"]
 #: An upstream check: called with each new connection to the display before a byte is sent
 #: on it; returns why it must not be used (the client is refused with that reason), or None.
 UpstreamCheck = Callable[[socket.socket], "str | None"]
+
+
+
+class HiddenSource(Protocol):
+    """Where a relay learns what to keep from clients of the server generation they reach."""
+
+    def current(self) -> Hidden | None:
+        """Return it at once, or None if it must be learned again (the server went away)."""
+
+    def relearn(self) -> Hidden | str:
+        """Learn it again (blocking: run off the event loop); return why not if that fails."""
+
 
 DEFAULT_READ_SIZE = 1024 * 1024
 DEFAULT_HIGH_WATER = 1024 * 1024
@@ -129,9 +141,12 @@ class RelayOptions:
             before it is dropped; 0 never drops. Requests already queued keep the X server
             producing replies while the relay holds back, and Xvfb 21.1.7 was seen to buffer
             about 800 MB/s for such a client and to crash near 2 GB, so this is short.
-        hidden: Extensions no client may use (see :mod:`x11passthrough._x11.requests`): each
-            client's requests are followed and rewritten so the server hides them. None
-            passes requests unchanged (an untrusted client never sees them anyway).
+        hidden: Extensions no client may use and the ones the server offers (see
+            :mod:`x11passthrough._x11.requests`): each client's requests are framed as the
+            server frames them and rewritten so the server hides them. A
+            :class:`HiddenSource` is asked for every connection, after it reached the
+            display (the numbers change when the server restarts). None passes requests
+            unchanged.
         busy_poll: Seconds a relay that owns its event loop keeps polling after small
             exchanges before it sleeps; 0 disables it. This trades some CPU while clients
             are busy for less than half the added round-trip latency; an idle relay uses none.
@@ -157,7 +172,7 @@ class RelayOptions:
     fd_reserve: int | None = attrs.field(default=None, converter=_fd_reserve)
     stall_timeout: float = attrs.field(default=DEFAULT_STALL_TIMEOUT, converter=_stall_timeout)
     busy_poll: float = attrs.field(default=DEFAULT_BUSY_POLL, converter=_busy_poll)
-    hidden: Hidden | None = None
+    hidden: Hidden | HiddenSource | None = attrs.field(default=None, eq=False)
 
     @low_water.validator
     def _check_low_water(self, _attribute: object, value: object) -> None:

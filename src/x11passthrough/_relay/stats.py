@@ -95,7 +95,7 @@ class DataPath:
     reaches up into it. Strictly private; used on the relay's event loop only.
     """
 
-    __slots__ = ("activity", "counters", "fds", "options", "pipes_open", "scratch")
+    __slots__ = ("activity", "counters", "fds", "options", "pipes_open", "scratch", "told")
 
     def __init__(self, options: RelayOptions) -> None:
         self.options = options
@@ -105,3 +105,5 @@ class DataPath:
         #: Client and upstream sockets open now (each splice pipe holds two more).
         self.fds = 0
         self.scratch = memoryview(b"")
+        #: Extensions a client was told are absent, already named in the log.
+        self.told: set[bytes] = set()

@@ -10,13 +10,9 @@ sends the request and reads the reply with the codec of :mod:`.wire`.
 from __future__ import annotations
 
 import socket
-import struct
 import time
 
-from collections.abc import Iterable
-
 from ..exceptions import X11SetupError
-from .requests import QUERY_EXTENSION
 from .wire import SetupReply, encode_setup_request, parse_setup_reply
 
 
@@ -110,65 +106,3 @@ class CookieKeeper:
         """Close the connection; the server drops the cookie after its timeout."""
         self._sock.close()
 
-
-def query_extensions(
-    sock: socket.socket, names: Iterable[bytes], *, timeout: float
-) -> dict[bytes, int | None]:
-    """
-    Ask the server for the major opcode of each extension in `names`.
-
-    Args:
-        sock: A connection past a successful :func:`handshake` (little-endian), on which
-            nothing else is outstanding.
-        names: Extension names, e.g. ``b"MIT-SHM"``.
-        timeout: Seconds for the whole exchange.
-
-    Returns:
-        Each name with its major opcode, or None where the server lacks it.
-
-    Raises:
-        X11SetupError: The server closed the connection, did not answer in time, or sent
-            something other than the replies.
-    """
-    wanted = list(dict.fromkeys(names))
-    requests = b"".join(
-        struct.pack("<BxHHxx", QUERY_EXTENSION, 2 + (len(n) + 3) // 4, len(n))
-        + n
-        + b"\0" * (-len(n) % 4)
-        for n in wanted
-    )
-    deadline = time.monotonic() + timeout
-    previous = sock.gettimeout()
-    received = bytearray()
-    try:
-        sock.settimeout(timeout)
-        sock.sendall(requests)
-        while len(received) < 32 * len(wanted):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise X11SetupError(
-                    f"the X server did not answer QueryExtension within {timeout:g} s"
-                )
-            sock.settimeout(remaining)
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise X11SetupError("the X server closed the connection after its setup")
-            received += chunk
-    except TimeoutError:
-        raise X11SetupError(
-            f"the X server did not answer QueryExtension within {timeout:g} s"
-        ) from None
-    except OSError as e:
-        raise X11SetupError(f"the connection to the X server failed: {e.strerror or e}") from e
-    finally:
-        sock.settimeout(previous)
-    found: dict[bytes, int | None] = {}
-    for index, name in enumerate(wanted):
-        kind, _, sequence, _, present, major = struct.unpack_from("<BBHIBB", received, 32 * index)
-        if kind != 1 or sequence != index + 1:
-            raise X11SetupError(
-                f"the X server answered QueryExtension with a packet of type {kind} "
-                f"(sequence {sequence}), not a reply"
-            )
-        found[name] = major if present else None
-    return found

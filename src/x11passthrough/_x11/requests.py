@@ -1,5 +1,6 @@
 """
-The client's request stream, walked request by request: extensions a relayed client must not use.
+The client's request stream, framed exactly as the X server frames it: what a relayed client
+may use.
 
 Strictly private. Two extensions cannot work across the container boundary, and one of them
 must not:
@@ -8,7 +9,7 @@ must not:
   its id. The X server looks the id up in *its* IPC namespace, with the credentials of the
   connection it sees: the relay's, i.e. the user's (or root's). A container's segment ids mean
   nothing there, so the attach fails (BadAccess) at best; at worst the id names one of the
-  user's own segments, which the container can then read through the display. With
+  host's segments, which the container can then read and write through the display. With
   ``--ipc host`` the ids do match, but the segment *file descriptors* of newer clients (Qt 5's
   ``ShmCreateSegment``) cannot pass a byte relay: such a client gets a blank window.
 * ``DRI3``: every reply of it carries a file descriptor, which a byte relay cannot pass; libxcb
@@ -16,16 +17,58 @@ must not:
 
 A client asks for an extension with ``QueryExtension`` before it uses it. :class:`RequestFilter`
 changes the first byte of the name in a ``QueryExtension`` for a hidden extension to NUL, so
-that the server itself answers "not present" (no reply needs changing), and turns every request
-with a hidden extension's major opcode (a client that guesses it) into major opcode 0, which
-the server answers with BadRequest. ``ListExtensions`` still lists them (no client relies on
-that list alone). The filter follows the stream from its first byte: the setup request, then
-each request by its length, with ``BIG-REQUESTS`` lengths once the client enabled them.
+that the server itself answers "not present" (no reply needs changing).
+
+Framing. Everything rests on the filter cutting the stream where the server cuts it: a filter
+one word out of step judges bytes the server reads as something else (issue 17: a malformed
+``BigReqEnable`` used to switch the filter to 32-bit lengths while the server stayed with
+16-bit ones, and ~256 KB of requests, MIT-SHM's among them, passed unjudged). The rules below
+are the server's (xserver ``os/io.c`` ``ReadRequestFromClient``, ``Xext/bigreq.c``,
+``dix/dispatch.c``), read from its code and checked against a real Xvfb by a differential test
+(``tests/test_x11_framing.py``) that compares the sequence numbers the server answers with the
+filter's count, over thousands of random and adversarial streams:
+
+* The setup request is 12 bytes plus its padded name and data, in the byte order of its first
+  byte (``B``/``R`` big-endian, anything else here little-endian: the server closes the
+  connection on a byte other than ``l``/``r``/``B``/``R`` anyway). It takes no sequence number.
+* A request is its 16-bit length in words, counting the 4-byte header. Every request, answered
+  or refused, takes the next sequence number (:attr:`RequestFilter.requests` counts them).
+* Length 0 without BIG-REQUESTS: a 4-byte request (the handler answers BadLength).
+* Length 0 with BIG-REQUESTS: a 32-bit length follows that counts the whole 8-byte header.
+* BIG-REQUESTS is on from the request after a well-formed ``BigReqEnable`` only: its major,
+  minor 0, length exactly 1. Any other minor is BadRequest and any other length BadLength, and
+  framing stays 16-bit. The relay has learned, on a connection authenticated as its clients
+  are, that the server grants the enable (so no access-control hook refuses it); where it did
+  not, the enable's major is treated as unknown (below), so the server never enables it.
+* Where the server would frame differently from any rule the relay can mirror safely, the
+  filter sets :attr:`RequestFilter.problem` and the relay closes the connection (fail closed):
+  a big length of 0 or 1 (the server then re-reads its own header: undefined), and a big
+  length over the server's maximum (learned from ``BigReqEnable``'s reply). The server would
+  skip an over-maximum request with BadLength, but older servers compute its size as a 32-bit
+  byte count that wraps above 2**30 words, and newer ones close the connection above 2**29
+  words: not worth mirroring, as no real client sends one (libxcb checks the maximum first).
+
+Majors. Allow what is known rather than block what is feared: a request with an extension
+major (128 and above) goes on unchanged only when the major belongs to an extension the
+server listed (``ListExtensions``, then ``QueryExtension`` per name, learned by the relay's own
+connection for the server generation the client reaches) and that is not hidden. Any other
+request with such a major has its major changed to 0 in place: no request has major 0, so the
+server frames it by its length as before, answers BadRequest with its sequence number, and the
+client's numbering stays right (closing instead would end clients that probe an opcode, e.g.
+a stale one after a server restart, which BadRequest answers as the server itself would).
+Core majors (1-127) are the server's own; it answers unused ones with BadRequest.
+
+Cost (``feed`` of a pipelined stream of 16-byte requests, CPython 3.11, this machine): see
+the CHANGELOG entry and the branch report; the loop reads two bytes per request with no call
+and looks the major up in a 256-entry table, so only ``QueryExtension`` and ``BigReqEnable``
+take a slower path.
 """
 
 from __future__ import annotations
 
 import struct
+
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -39,14 +82,24 @@ HIDDEN_EXTENSIONS: dict[bytes, str] = {
 BIG_REQUESTS = b"BIG-REQUESTS"
 #: Core opcode of QueryExtension.
 QUERY_EXTENSION = 98
-#: The major opcode hidden requests become: no request has it, so the server answers
-#: BadRequest with the request's sequence number and skips its length.
+#: Core opcode of ListExtensions.
+LIST_EXTENSIONS = 99
+#: The major opcode hidden and unknown requests become: no request has it, so the server
+#: answers BadRequest with the request's sequence number and skips its length.
 BAD_REQUEST_OPCODE = 0
+#: The first extension major opcode.
+FIRST_EXTENSION_MAJOR = 128
 
 _SETUP_PREFIX = 12
 _HEADER = 4
 _BIG_HEADER = 8
 _QUERY_NAME_OFFSET = 8
+
+# What the filter does with a request, by its major opcode (one byte per major).
+_PASS = 0
+_BLOCK = 1
+_QUERY = 2
+_ENABLE = 3
 
 
 @attrs.frozen(kw_only=True)
@@ -57,17 +110,40 @@ class Hidden:
     Attributes:
         names: Extension names a ``QueryExtension`` must not find.
         majors: Their major opcodes on this server (absent extensions have none).
-        big_requests: The major opcode of ``BIG-REQUESTS``, or None if the server lacks it.
+        big_requests: The major opcode of ``BIG-REQUESTS`` if the server grants its enable
+            to clients like the relay's, else None.
+        extensions: The major opcodes of every extension the server reported (hidden ones
+            included). A request with another major of 128 or more is answered BadRequest.
+        max_request: The longest request the server parses, in 4-byte words (from
+            ``BigReqEnable``'s reply; 0 without BIG-REQUESTS).
+        refused: Extension names to report when a client asks for one, with why it does not
+            get it (the hidden ones and, in ``untrusted`` mode, those the server refuses).
     """
 
     names: frozenset[bytes]
     majors: frozenset[int]
     big_requests: int | None = None
+    extensions: frozenset[int] = frozenset()
+    max_request: int = 0
+    refused: Mapping[bytes, str] = attrs.field(factory=dict)
 
     @property
     def name_lengths(self) -> frozenset[int]:
-        """Lengths of the hidden names (a ``QueryExtension`` of another length passes)."""
-        return frozenset(len(name) for name in self.names)
+        """Lengths of the names to judge (a ``QueryExtension`` of another length passes)."""
+        return frozenset(len(name) for name in (*self.names, *self.refused))
+
+    def actions(self) -> bytes:
+        """What the filter does with each major opcode: one byte per major, 0-255."""
+        table = bytearray(256)
+        table[QUERY_EXTENSION] = _QUERY
+        for major in range(FIRST_EXTENSION_MAJOR, 256):
+            if major not in self.extensions or major in self.majors:
+                table[major] = _BLOCK
+        for major in self.majors:  # hidden below 128 cannot happen; be exact anyway
+            table[major] = _BLOCK
+        if self.big_requests is not None:
+            table[self.big_requests] = _ENABLE if self.max_request else _BLOCK
+        return bytes(table)
 
 
 class RequestFilter:
@@ -80,38 +156,58 @@ class RequestFilter:
     """
 
     __slots__ = (
+        "_actions",
         "_big",
-        "_big_opcode",
+        "_big_len",
         "_carry",
-        "_fmt16",
-        "_fmt32",
+        "_hi",
         "_lengths",
-        "_majors",
+        "_lo",
+        "_max",
         "_names",
+        "_on_query",
+        "_refused",
         "_setup",
         "_skip",
+        "_u16",
         "problem",
         "queries_hidden",
+        "requests",
         "requests_blocked",
     )
 
-    def __init__(self, hidden: Hidden) -> None:
+    def __init__(
+        self, hidden: Hidden, *, on_query: Callable[[bytes], None] | None = None
+    ) -> None:
+        """
+        Args:
+            hidden: What to keep from the client, numbered by the server it reaches.
+            on_query: Called with the name when the client asks for an extension of
+                ``hidden.refused`` (rarely: a few times per connection at most).
+        """
         self._names = hidden.names
-        self._majors = hidden.majors
+        self._refused = frozenset(hidden.refused)
         self._lengths = hidden.name_lengths
-        self._big_opcode = hidden.big_requests
+        self._actions = hidden.actions()
+        self._max = hidden.max_request
+        self._on_query = on_query
         self._big = False
         self._carry = b""
         self._setup = True
         self._skip = 0
-        self._fmt16 = "<H"
-        self._fmt32 = "<I"
+        self._lo = 2
+        self._hi = 3
+        self._u16 = struct.Struct("<H").unpack_from
+        self._big_len = struct.Struct("<I").unpack_from
         #: Why the stream cannot be followed (the connection must close), or None.
         self.problem: str | None = None
         #: How many QueryExtension requests were answered "not present" by the rewrite.
         self.queries_hidden = 0
-        #: How many requests to a hidden extension were turned into BadRequest.
+        #: How many requests to a hidden or unknown extension were turned into BadRequest.
         self.requests_blocked = 0
+        #: How many requests the server has been sent whole: its sequence number (mod 2**16)
+        #: of the last one.
+        self.requests = 0
 
     def feed(self, data: bytearray | memoryview) -> bytearray | memoryview:
         """
@@ -137,82 +233,114 @@ class RequestFilter:
             return data
         pos = skip
         self._skip = 0
-        while pos < size:
-            if self._setup:
-                need = self._setup_size(data, pos, size)
-            else:
-                need = self._request_size(data, pos, size)
-            if need is None:
-                if self.problem is not None:
-                    return data[:0]
+        if self._setup:
+            if size - pos < _SETUP_PREFIX:
                 self._carry = bytes(data[pos:])
                 return data[:pos]
-            pos += need
+            pos += self._setup_size(data, pos)
+        actions = self._actions
+        lo = self._lo
+        hi = self._hi
+        big = self._big
+        count = self.requests
+        end = size - _HEADER
+        while pos <= end:
+            major = data[pos]
+            words = data[pos + lo] | (data[pos + hi] << 8)
+            action = actions[major]
+            if words:
+                length = words << 2
+                if action:
+                    if action == _BLOCK:
+                        data[pos] = BAD_REQUEST_OPCODE
+                        self.requests_blocked += 1
+                    elif action == _QUERY:
+                        if not self._judge_query(data, pos + _HEADER, pos + length, size):
+                            break
+                    elif words == 1 and data[pos + 1] == 0:
+                        big = True  # a well-formed BigReqEnable: 32-bit lengths from the next
+            elif big:
+                if size - pos < _BIG_HEADER:
+                    break
+                (words,) = self._big_len(data, pos + _HEADER)
+                if words < 2 or words > self._max:
+                    self.requests = count
+                    self._big = big
+                    return self._fail(words)
+                length = words << 2
+                if action == _BLOCK:
+                    data[pos] = BAD_REQUEST_OPCODE
+                    self.requests_blocked += 1
+                elif action == _QUERY and not self._judge_query(
+                    data, pos + _BIG_HEADER, pos + length, size
+                ):
+                    break
+                # A BigReqEnable sent big (length 2) is well-formed too; big is on already.
+            else:
+                # Length 0 without BIG-REQUESTS: a 4-byte request, answered BadLength (its
+                # handler never reads past it, and an enable of this length enables nothing).
+                length = _HEADER
+                if action == _BLOCK:
+                    data[pos] = BAD_REQUEST_OPCODE
+                    self.requests_blocked += 1
+            count += 1
+            pos += length
+        self.requests = count
+        self._big = big
+        if pos < size:
+            self._carry = bytes(data[pos:])
+            return data[:pos]
         self._skip = pos - size
         return data
 
-    def _setup_size(self, data: bytearray | memoryview, pos: int, size: int) -> int | None:
+    def _fail(self, words: int) -> memoryview | bytearray:
+        if words < 2:
+            self.problem = (
+                f"the client sent a big request of {words} words, which the X server cannot "
+                "frame; connection closed"
+            )
+        else:
+            self.problem = (
+                f"the client sent a request of {words} words, over the X server's maximum of "
+                f"{self._max}; connection closed"
+            )
+        return memoryview(b"")
+
+    def _setup_size(self, data: bytearray | memoryview, pos: int) -> int:
         """Return the length of the setup request at `pos` (and learn the byte order)."""
-        if size - pos < _SETUP_PREFIX:
-            return None
         order = data[pos]
         prefix = ">" if order in b"BR" else "<"
-        self._fmt16 = prefix + "H"
-        self._fmt32 = prefix + "I"
+        if prefix == ">":
+            self._lo, self._hi = 3, 2
+            self._u16 = struct.Struct(">H").unpack_from
+            self._big_len = struct.Struct(">I").unpack_from
         name_length, data_length = struct.unpack_from(prefix + "HH", data, pos + 6)
         self._setup = False
         return _SETUP_PREFIX + _pad4(name_length) + _pad4(data_length)
 
-    def _request_size(self, data: bytearray | memoryview, pos: int, size: int) -> int | None:
-        """Judge (and rewrite) the request at `pos`; return its length, or None to wait."""
-        if size - pos < _HEADER:
-            return None
-        major = data[pos]
-        (words,) = struct.unpack_from(self._fmt16, data, pos + 2)
-        offset = pos
-        if words == 0:
-            if not self._big:
-                self.problem = (
-                    "the client sent a request of length 0 without enabling BIG-REQUESTS"
-                )
-                return None
-            if size - pos < _BIG_HEADER:
-                return None
-            (words,) = struct.unpack_from(self._fmt32, data, pos + 4)
-            if words < 2:
-                self.problem = f"the client sent a big request of {words} words"
-                return None
-            offset = pos + _BIG_HEADER - _HEADER
-        length: int = words * 4
-        if major in self._majors:
-            data[pos] = BAD_REQUEST_OPCODE
-            self.requests_blocked += 1
-        elif major == QUERY_EXTENSION and not self._judge_query(data, offset, pos + length, size):
-            return None
-        elif major == self._big_opcode:
-            self._big = True
-        return length
-
     def _judge_query(self, data: bytearray | memoryview, offset: int, end: int, size: int) -> bool:
         """
-        Hide the name in the QueryExtension at `offset` (ending at `end`) if it is hidden.
+        Hide the name in the QueryExtension whose body starts at `offset` (ending at `end`).
 
         Returns False when the name is not all in `data` yet.
         """
-        name_at = offset + _QUERY_NAME_OFFSET
+        name_at = offset + _QUERY_NAME_OFFSET - _HEADER
         if end < name_at:
             return True  # too short for a name: the server answers BadLength
         if size < name_at:
             return False
-        (name_length,) = struct.unpack_from(self._fmt16, data, offset + 4)
+        (name_length,) = self._u16(data, offset)
         name_end = name_at + name_length
         if name_length not in self._lengths or name_end > end:
-            return True
+            return True  # not a name to judge, or too long for its request: BadLength
         if size < name_end:
             return False
-        if bytes(data[name_at:name_end]) in self._names:
+        name = bytes(data[name_at:name_end])
+        if name in self._names:
             data[name_at] = 0
             self.queries_hidden += 1
+        if name in self._refused and self._on_query is not None:
+            self._on_query(name)
         return True
 
 
