@@ -11,7 +11,7 @@ import socket
 import struct
 import subprocess
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -151,3 +151,130 @@ def test_untrusted_clients_get_no_mit_shm_from_the_server(xvfb: XServer) -> None
     ):
         assert query_extension(relayed, b"MIT-SHM") == (False, 0)
         assert b"MIT-SHM" not in list_extensions(relayed)
+
+
+def read_packet(sock: socket.socket) -> bytes:
+    """Read one reply (its 32 bytes; the rest is read and dropped) or error."""
+    head = recv_exactly(sock, 32)
+    if head[0] == 1:
+        recv_exactly(sock, 4 * struct.unpack_from("<I", head, 4)[0])
+    return head
+
+
+@pytest.mark.parametrize("malformed", ["minor 1", "length 2", "length 0"])
+def test_a_malformed_big_requests_enable_opens_no_window(
+    xvfb: XServer, lent: DockerRunArgs, malformed: str
+) -> None:
+    """
+    Issue 17, the exploit: a malformed BigReqEnable, then a length-0 request, then
+    QueryExtension("MIT-SHM"). The server stays with 16-bit lengths (BadRequest/BadLength for
+    the enable, BadLength for the 4-byte request); a filter that switched to 32-bit lengths
+    read the QueryExtension's header as a length and let ~1 MB through unjudged, so the client
+    learned MIT-SHM's real opcode and could attach the host's segments.
+    """
+    with connect(None, xvfb.unix_path, xvfb.cookie) as direct:
+        present, big = query_extension(direct, b"BIG-REQUESTS")
+        assert present
+        shm_major = query_extension(direct, b"MIT-SHM")[1]
+    enable = {
+        "minor 1": struct.pack("<BBH", big, 1, 1),
+        "length 2": struct.pack("<BBH", big, 0, 2) + b"\0" * 4,
+        "length 0": struct.pack("<BBH", big, 0, 0),
+    }[malformed]
+    name = b"MIT-SHM"
+    query = struct.pack("<BxHHxx", 98, 4, len(name)) + name + b"\0"
+    with connect(6000 + number(lent), None, session_cookie(lent)) as relayed:
+        relayed.sendall(
+            enable
+            + struct.pack("<BxH", 43, 0)  # GetInputFocus of length 0: 4 bytes, BadLength
+            + query
+            + struct.pack("<BBH", shm_major, 0, 1)  # ShmQueryVersion
+            + struct.pack("<BxH", 43, 1)  # GetInputFocus
+        )
+        answers = [read_packet(relayed) for _ in range(5)]
+    sequences = [struct.unpack_from("<H", packet, 2)[0] for packet in answers]
+    assert sequences == [1, 2, 3, 4, 5]
+    kinds = [(packet[0], packet[1] if packet[0] == 0 else None) for packet in answers]
+    bad_enable = 1 if malformed == "minor 1" else 16  # BadRequest, BadLength
+    assert kinds[:2] == [(0, bad_enable), (0, 16)]
+    assert answers[2][0] == 1
+    assert (answers[2][8], answers[2][9]) == (0, 0), "the client found MIT-SHM"
+    assert kinds[3] == (0, 1)  # BadRequest: ShmQueryVersion never reached the server
+    assert answers[3][10] == 0
+    assert answers[4][0] == 1
+
+
+def test_a_restarted_server_is_learned_again(
+    xvfb_factory: Callable[..., XServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    Issue 17, item 6: the display restarts with another set of extensions, so MIT-SHM now has
+    the major opcode another extension had. The relay learns the new numbers before it lets a
+    client through; with the numbers of the first server, ShmQueryVersion was answered.
+    """
+    first = xvfb_factory(extra_args=("-extension", "MIT-SHM"))
+    with X11Passthrough(
+        first.display,
+        first.xauthority,
+        transport="tcp",
+        bind=["127.0.0.1"],
+        display_range=RANGE,
+    ) as args:
+        port, cookie = 6000 + number(args), session_cookie(args)
+        with connect(port, None, cookie) as relayed:
+            assert query_extension(relayed, b"MIT-SHM") == (False, 0)
+        first.stop()
+        second = xvfb_factory(number=first.number, cookie=first.cookie)
+        with connect(None, second.unix_path, second.cookie) as direct:
+            present, shm_major = query_extension(direct, b"MIT-SHM")
+        assert present
+        caplog.set_level("INFO", logger="x11passthrough")
+        with connect(port, None, cookie) as relayed:
+            assert query_extension(relayed, b"MIT-SHM") == (False, 0)
+            relayed.sendall(struct.pack("<BBH", shm_major, 0, 1))  # ShmQueryVersion
+            error = read_packet(relayed)
+            assert (error[0], error[1], error[10]) == (0, 1, 0), "MIT-SHM answered"
+            assert struct.unpack_from("<H", error, 2)[0] == 2
+        assert "extensions learned again" in caplog.text
+
+
+def test_a_client_asking_for_a_hidden_extension_is_named_once_in_the_log(
+    lent: DockerRunArgs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 22, item 8: the log says which extension a client did not get, and why, once."""
+    caplog.set_level("WARNING", logger="x11passthrough")
+    for _ in range(2):
+        with connect(6000 + number(lent), None, session_cookie(lent)) as relayed:
+            assert query_extension(relayed, b"MIT-SHM") == (False, 0)
+            assert query_extension(relayed, b"MIT-SHM") == (False, 0)
+    told = [r.getMessage() for r in caplog.records if "MIT-SHM" in r.getMessage()]
+    assert len(told) == 1, told
+    assert "shared memory does not cross the container boundary" in told[0]
+
+
+def test_untrusted_clients_are_told_which_extension_the_server_refused(
+    xvfb: XServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    Issue 22, item 8: with --auth untrusted a GLX client (glxgears, Java) just finds no GLX;
+    the log names the extension and the mode that refused it.
+    """
+    caplog.set_level("WARNING", logger="x11passthrough")
+    with (
+        X11Passthrough(
+            xvfb.display,
+            xvfb.xauthority,
+            transport="tcp",
+            bind=["127.0.0.1"],
+            display_range=RANGE,
+            auth="untrusted",
+        ) as args,
+        connect(6000 + number(args), None, session_cookie(args)) as relayed,
+    ):
+        assert query_extension(relayed, b"GLX") == (False, 0)
+        # Still in step: the server's answer to the next request has the next number.
+        relayed.sendall(struct.pack("<BxH", 43, 1))
+        assert struct.unpack_from("<H", read_packet(relayed), 2)[0] == 2
+    told = [r.getMessage() for r in caplog.records if "GLX" in r.getMessage()]
+    assert len(told) == 1, told
+    assert "untrusted" in told[0]

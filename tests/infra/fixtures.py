@@ -148,10 +148,18 @@ def _xvfb_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
     servers: list[XServer] = []
 
     def start(
-        *, tcp: bool = False, extra_args: tuple[str, ...] = (), number: int | None = None
+        *,
+        tcp: bool = False,
+        extra_args: tuple[str, ...] = (),
+        number: int | None = None,
+        cookie: bytes | None = None,
     ) -> XServer:
         server = start_xvfb(
-            tmp_path_factory.mktemp("xvfb"), tcp=tcp, extra_args=extra_args, number=number
+            tmp_path_factory.mktemp("xvfb"),
+            tcp=tcp,
+            extra_args=extra_args,
+            number=number,
+            cookie=cookie,
         )
         servers.append(server)
         return server

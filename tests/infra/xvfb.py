@@ -110,12 +110,14 @@ def start_xvfb(
     tcp: bool = False,
     extra_args: tuple[str, ...] = (),
     number: int | None = None,
+    cookie: bytes | None = None,
 ) -> XServer:
     """
     Start Xvfb on a free display with a fresh MIT-MAGIC-COOKIE-1 and wait until it answers.
 
     The server picks its own free display number (``-displayfd``), which also handles stale
-    lock files, unless `number` is given. ``-displayfd`` takes no lock file and judges a number
+    lock files, unless `number` is given (with `cookie`, a restart of a server on its number,
+    as a display manager restarts one with the same cookie). ``-displayfd`` takes no lock file and judges a number
     by the sockets it listens on, so a server without UNIX sockets needs `number` (from
     :func:`infra.users.free_display`): it could otherwise pick the number of a running server.
     The client authority file is written with the real ``xauth`` program, so the fixture does
@@ -123,7 +125,7 @@ def start_xvfb(
     """
     require_executables("Xvfb", "xauth")
     workdir.mkdir(parents=True, exist_ok=True)
-    cookie = secrets.token_bytes(16)
+    cookie = cookie or secrets.token_bytes(16)
     server_auth = workdir / "server.xauth"
     client_auth = workdir / "client.xauth"
     subprocess.run(
