@@ -78,13 +78,15 @@ def run(stream: bytes, cuts: list[int]) -> tuple[bytes, RequestFilter]:
     return out, request_filter
 
 
+KINDS = ["plain", "unknown", "query", "hidden-query", "shm", "dri3", "bigreq", "bad-enable"]
+
+
 @st.composite
 def requests(draw: st.DrawFn, order: bytes) -> list[Request]:
     big = False
     made: list[Request] = []
     for _ in range(draw(st.integers(0, 25))):
-        kinds = ["plain", "unknown", "query", "hidden-query", "shm", "dri3", "bigreq", "bad-enable"]
-        kind = draw(st.sampled_from(kinds))
+        kind = draw(st.sampled_from(KINDS))
         as_big = big and draw(st.booleans())
         if kind == "plain":
             majors = st.integers(1, 127).filter(lambda m: m != 98) | st.sampled_from(

@@ -335,7 +335,12 @@ def _server_step(report: Report, args: DockerRunArgs) -> None:
             f"x{screen.root_depth}, {len(extensions)} extensions"
         )
         if hidden:
-            text += f" ({' and '.join(hidden)} hidden from containers)"
+            # ListExtensions (xdpyinfo's list) still names them; QueryExtension, which every
+            # client asks before it uses one, finds none.
+            text += (
+                f" ({' and '.join(hidden)} listed, but QueryExtension reports them absent to "
+                "containers)"
+            )
         report.line("ok", "server", text)
     finally:
         display.close()

@@ -210,27 +210,30 @@ class HostSide:
             raise DisplayError(f"cannot reach the X display at {endpoint}: {e}") from e
         try:
             problem = ownership_problem(sock, endpoint, self.trusted_owners)
-            if problem is not None:
-                raise DisplayOwnerError(problem)
-            reply = handshake(
-                sock,
-                MIT_MAGIC_COOKIE_1 if present else b"",
-                present or b"",
-                timeout=self.connect_timeout,
-            )
-            if reply.status is not SetupStatus.SUCCESS:
-                raise DisplayError(
-                    f"the X server at {endpoint} refused the cookie it accepted at start: "
-                    f"{reply.reason.strip() or 'no reason given'}"
+            reply = None
+            if problem is None:
+                reply = handshake(
+                    sock,
+                    MIT_MAGIC_COOKIE_1 if present else b"",
+                    present or b"",
+                    timeout=self.connect_timeout,
                 )
-            hidden = learn_extensions(sock, timeout=self.connect_timeout).hidden()
+                if reply.status is SetupStatus.SUCCESS:
+                    hidden = learn_extensions(sock, timeout=self.connect_timeout).hidden()
+                    return sock, hidden
         except X11SetupError as e:
             sock.close()
             raise DisplayError(f"the X display at {endpoint}: {e}") from e
         except BaseException:
             sock.close()
             raise
-        return sock, hidden
+        sock.close()
+        if reply is None:
+            raise DisplayOwnerError(problem or "")
+        raise DisplayError(
+            f"the X server at {endpoint} refused the cookie it accepted at start: "
+            f"{reply.reason.strip() or 'no reason given'}"
+        )
 
     def _untrusted_cookie(
         self, connection: DisplayConnection, real: bytes | None, cleanup: Cleanup

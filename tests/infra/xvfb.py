@@ -117,9 +117,10 @@ def start_xvfb(
 
     The server picks its own free display number (``-displayfd``), which also handles stale
     lock files, unless `number` is given (with `cookie`, a restart of a server on its number,
-    as a display manager restarts one with the same cookie). ``-displayfd`` takes no lock file and judges a number
-    by the sockets it listens on, so a server without UNIX sockets needs `number` (from
-    :func:`infra.users.free_display`): it could otherwise pick the number of a running server.
+    as a display manager restarts one with the same cookie). ``-displayfd`` takes no lock
+    file and judges a number by the sockets it listens on, so a server without UNIX sockets
+    needs `number` (from :func:`infra.users.free_display`): it could otherwise pick the number
+    of a running server.
     The client authority file is written with the real ``xauth`` program, so the fixture does
     not depend on the code under test.
     """

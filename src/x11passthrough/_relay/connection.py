@@ -146,38 +146,10 @@ class Connection:
                 return
             forward = verdict
         owner.setup_finished(self)
-        try:
-            upstream = await self._connect()
-        except (OSError, asyncio.TimeoutError) as exc:
-            if not owner.serving:  # a cancellation that wait_for turned into a timeout
-                raise asyncio.CancelledError from exc
-            await self._unreachable(exc)
+        opened = await self._open_upstream()
+        if opened is None:
             return
-        if not owner.serving:  # stop() ran while the last await completed
-            self._close_upstream(upstream)
-            raise asyncio.CancelledError
-        check = self._path.options.check_upstream
-        problem = None if check is None else check(upstream)
-        if problem is not None:
-            self._close_upstream(upstream)
-            await self._upstream_refused(f"x11passthrough: {problem}")
-            return
-        self.upstream = upstream
-        hidden = self._path.options.hidden
-        if hidden is not None and not isinstance(hidden, Hidden):
-            # After the upstream connection is up: a restarted server (new extension
-            # numbers) accepts it only after it closed the connection that watches it.
-            found = hidden.current()
-            if found is None:
-                found = await self.loop.run_in_executor(None, hidden.relearn)
-                if not owner.serving:
-                    raise asyncio.CancelledError
-            if isinstance(found, str):
-                self.upstream = None
-                self._close_upstream(upstream)
-                await self._upstream_refused(f"x11passthrough: {found}")
-                return
-            hidden = found
+        upstream, hidden = opened
         request_filter = None
         if hidden is not None:
             self._refused = hidden.refused
@@ -198,6 +170,54 @@ class Connection:
             self.forwarded = len(forward)
         self.received = b""
         self._start_flows(upstream, request_filter)
+
+    async def _open_upstream(self) -> tuple[socket.socket, Hidden | None] | None:
+        """
+        Connect to the display, check the connection, and learn what to keep from the client.
+
+        Returns:
+            The connection and the extensions to hide, or None if the client was refused.
+        """
+        owner = self._owner
+        try:
+            upstream = await self._connect()
+        except (OSError, asyncio.TimeoutError) as exc:
+            if not owner.serving:  # a cancellation that wait_for turned into a timeout
+                raise asyncio.CancelledError from exc
+            await self._unreachable(exc)
+            return None
+        if not owner.serving:  # stop() ran while the last await completed
+            self._close_upstream(upstream)
+            raise asyncio.CancelledError
+        check = self._path.options.check_upstream
+        problem = None if check is None else check(upstream)
+        if problem is None:
+            self.upstream = upstream
+            hidden = await self._hidden()
+            if self.closed:  # evicted while the extensions were learned
+                return None
+            if not isinstance(hidden, str):
+                return upstream, hidden
+            problem = hidden
+            self.upstream = None
+        self._close_upstream(upstream)
+        await self._upstream_refused(f"x11passthrough: {problem}")
+        return None
+
+    async def _hidden(self) -> Hidden | str | None:
+        """Return what to keep from the client, for the server generation it reaches."""
+        source = self._path.options.hidden
+        if source is None or isinstance(source, Hidden):
+            return source
+        # Asked once the upstream connection is up: a restarted server (new extension
+        # numbers) accepts it only after it closed the connection that watches it.
+        found = source.current()
+        if found is not None:
+            return found
+        learned = await self.loop.run_in_executor(None, source.relearn)
+        if not self._owner.serving:
+            raise asyncio.CancelledError
+        return learned
 
     async def _negotiate(self, setup_filter: SetupFilter) -> bytes | None:
         """Collect the client's setup until the filter decides; return what to forward."""

@@ -30,7 +30,6 @@ SetupFilter = Callable[[bytes], "Accept | Reject | None"]
 UpstreamCheck = Callable[[socket.socket], "str | None"]
 
 
-
 class HiddenSource(Protocol):
     """Where a relay learns what to keep from clients of the server generation they reach."""
 

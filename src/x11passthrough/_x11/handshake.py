@@ -105,4 +105,3 @@ class CookieKeeper:
     def close(self) -> None:
         """Close the connection; the server drops the cookie after its timeout."""
         self._sock.close()
-

@@ -1,6 +1,5 @@
 """
-The client's request stream, framed exactly as the X server frames it: what a relayed client
-may use.
+The client's request stream, framed exactly as the X server frames it, and what it may use.
 
 Strictly private. Two extensions cannot work across the container boundary, and one of them
 must not:
@@ -58,10 +57,18 @@ client's numbering stays right (closing instead would end clients that probe an 
 a stale one after a server restart, which BadRequest answers as the server itself would).
 Core majors (1-127) are the server's own; it answers unused ones with BadRequest.
 
-Cost (``feed`` of a pipelined stream of 16-byte requests, CPython 3.11, this machine): see
-the CHANGELOG entry and the branch report; the loop reads two bytes per request with no call
-and looks the major up in a 256-entry table, so only ``QueryExtension`` and ``BigReqEnable``
-take a slower path.
+``ListExtensions`` still names the hidden extensions: the filter sees only the client's
+direction, and finding that reply in the server's direction would mean framing every reply,
+event and error there too, on the path that carries the large ``GetImage`` replies, and giving
+up ``splice`` on it. No client uses an extension it did not ``QueryExtension`` (libxcb and Xlib
+ask by name), so ``xdpyinfo`` lists MIT-SHM and reports it absent, and ``doctor`` says exactly
+that.
+
+Cost: ``feed`` reads two bytes per request with no call and looks the major up in a 256-entry
+table, so only ``QueryExtension`` and ``BigReqEnable`` take a slower path. Measured (best of 25
+runs of 64 KiB of pipelined 16-byte requests, CPython 3.11, the shared 2-core VM): 108 MB/s
+(6.7 M requests/s), against 68 MB/s for the filter it replaced; a 64 KiB request costs one
+header read either way.
 """
 
 from __future__ import annotations
@@ -133,7 +140,7 @@ class Hidden:
         return frozenset(len(name) for name in (*self.names, *self.refused))
 
     def actions(self) -> bytes:
-        """What the filter does with each major opcode: one byte per major, 0-255."""
+        """Return what the filter does with each major opcode: one byte per major, 0-255."""
         table = bytearray(256)
         table[QUERY_EXTENSION] = _QUERY
         for major in range(FIRST_EXTENSION_MAJOR, 256):
@@ -176,10 +183,10 @@ class RequestFilter:
         "requests_blocked",
     )
 
-    def __init__(
-        self, hidden: Hidden, *, on_query: Callable[[bytes], None] | None = None
-    ) -> None:
+    def __init__(self, hidden: Hidden, *, on_query: Callable[[bytes], None] | None = None) -> None:
         """
+        Follow one client's stream.
+
         Args:
             hidden: What to keep from the client, numbered by the server it reaches.
             on_query: Called with the name when the client asks for an extension of
@@ -209,7 +216,9 @@ class RequestFilter:
         #: of the last one.
         self.requests = 0
 
-    def feed(self, data: bytearray | memoryview) -> bytearray | memoryview:
+    def feed(  # noqa: PLR0912, PLR0915 - one loop, no calls: the relay's hot path
+        self, data: bytearray | memoryview
+    ) -> bytearray | memoryview:
         """
         Take the next bytes of the stream; return those that may be sent now, rewritten.
 
