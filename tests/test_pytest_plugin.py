@@ -9,9 +9,12 @@ directory named by ``X11PT_OUT``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import struct
+import subprocess
+import sys
 import zlib
 
 from pathlib import Path
@@ -141,6 +144,53 @@ def test_fails_without_the_fixtures():
     assert False
 """
 
+# Two windows of known colours drawn with python-xlib on pytest-xvfb's display (the test's
+# DISPLAY); the odd widths make rows that the depth-16 format pads. The connection stays open
+# (closed at teardown, after the report) so the windows are there for the screenshot.
+WINDOW_TESTS = """
+import json, os, time
+import pytest
+from Xlib import X, display as xdisplay
+
+WINDOWS = {"red": (40, 30, 101, 50, 0xFF0000), "blue": (200, 120, 61, 41, 0x0000FF)}
+
+def pixel(visual, rgb):
+    value = 0
+    for mask, byte in zip((visual.red_mask, visual.green_mask, visual.blue_mask),
+                          ((rgb >> 16) & 0xFF, (rgb >> 8) & 0xFF, rgb & 0xFF)):
+        value |= mask if byte else 0  # a channel is all on or all off at any depth
+    return value
+
+@pytest.fixture
+def screen():
+    connection = xdisplay.Display(os.environ["DISPLAY"])
+    yield connection
+    connection.close()
+
+def test_windows(screen, x11passthrough, x11passthrough_display):
+    root = screen.screen().root
+    depth = screen.screen().root_depth
+    visual = next(v for d in screen.screen().allowed_depths if d.depth == depth
+                  for v in d.visuals if v.visual_id == screen.screen().root_visual)
+    windows = []
+    for x, y, width, height, rgb in WINDOWS.values():
+        window = root.create_window(x, y, width, height, 0, depth, X.InputOutput,
+                                    background_pixel=pixel(visual, rgb))
+        window.map()
+        windows.append(window)
+    deadline = time.monotonic() + 60
+    while not all(w.get_attributes().map_state == X.IsViewable for w in windows):
+        assert time.monotonic() < deadline, "the windows were not mapped"
+        time.sleep(0.02)
+    for window in windows:
+        window.clear_area()
+    screen.sync()
+    record = {"depth": depth, "masks": [visual.red_mask, visual.green_mask, visual.blue_mask]}
+    (__import__("pathlib").Path(os.environ["X11PT_OUT"]) / "screen.json").write_text(
+        json.dumps(record))
+    assert False, "the app did not answer"
+"""
+
 STANDIN_CONFTEST = """
 import os
 from x11passthrough import Xvfb
@@ -192,16 +242,17 @@ def test_a_container_of_the_session_passthrough(n, x11passthrough_session):
 """
 
 
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+def run(pytester: pytest.Pytester, *args: str, pytest_xvfb: bool = False) -> pytest.RunResult:
     """
     Run the inner suite in a subprocess, as a user runs it.
 
     Hypothesis's plugin, which the inner suites do not use, is left out: it costs about a
-    second of every start.
+    second of every start. So is pytest-xvfb (it would set DISPLAY), unless `pytest_xvfb`.
     """
-    return pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "no:hypothesispytest", *args, timeout=INNER_TIMEOUT
-    )
+    plugins = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
+    if not pytest_xvfb:
+        plugins += ["-p", "no:xvfb"]
+    return pytester.runpytest_subprocess(*plugins, *args, timeout=INNER_TIMEOUT)
 
 
 def read_png(path: Path) -> tuple[int, int, list[bytes]]:
@@ -259,6 +310,42 @@ def _suite(
 def recorded(name: str) -> str:
     """A file the inner tests wrote."""
     return (Path(os.environ["X11PT_OUT"]) / name).read_text()
+
+
+def test_the_plugin_imports_none_of_the_library_until_a_fixture_is_used(
+    suite: pytest.Pytester,
+) -> None:
+    """
+    pytest loads the plugin in every run: that run imports no module of the library.
+
+    In a fresh interpreter, importing the plugin loads only the package's lazy front door; a
+    whole pytest run of tests that use no fixture (the plugin configured, the screenshot
+    hook called for a failure) loads nothing more.
+    """
+    probe = (
+        "import sys, x11passthrough.pytest_plugin; "
+        "print(sorted(m for m in sys.modules if m.startswith(('x11passthrough', 'Xlib'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "['x11passthrough', 'x11passthrough.pytest_plugin']"
+    suite.makepyfile(
+        test_plain="""
+        import sys
+
+        def loaded():
+            return sorted(m for m in sys.modules if m.startswith(("x11passthrough", "Xlib")))
+
+        def test_fails():
+            assert False
+
+        def test_after_a_failure():
+            assert loaded() == ["x11passthrough", "x11passthrough.pytest_plugin"], loaded()
+        """
+    )
+    result = run(suite)
+    result.assert_outcomes(passed=1, failed=1)
 
 
 def test_fixtures_lend_the_display(
@@ -476,19 +563,54 @@ def test_a_test_lending_two_displays_gets_a_screenshot_of_each(
 def test_a_screenshot_that_cannot_be_taken_does_not_break_the_run(
     suite: pytest.Pytester,
 ) -> None:
-    """A screen the screenshot cannot read (depth 16): the report says why; nothing else."""
+    """A screen the screenshot cannot read (depth 8, PseudoColor): the report says why."""
     suite.makepyfile(test_shots="def test_fails(x11passthrough):\n    assert False\n")
-    suite.makeini("[pytest]\nx11passthrough_xvfb_screen = 320x240x16\n")
+    suite.makeini("[pytest]\nx11passthrough_xvfb_screen = 320x240x8\n")
     result = run(suite, "--x11passthrough-xvfb")
     result.assert_outcomes(failed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
             "*- x11passthrough screenshot -*",
-            "not taken: DisplayError: cannot read a screenshot of depth 16 *",
+            "not taken: DisplayError: cannot read a screenshot of depth 8 *visual class 3*",
         ]
     )
     assert screenshot_paths(result) == []
+
+
+@pytest.mark.parametrize("depth", [15, 16, 24])
+def test_pytest_xvfb_screenshots_are_cropped_to_the_windows(
+    suite: pytest.Pytester, depth: int
+) -> None:
+    """
+    With pytest-xvfb (its default depth, 16; and 15, 24): the screenshot shows the windows.
+
+    A failing test that drew two windows of known colours gets a real PNG cropped to their
+    bounding box, with each window's pixels in its colour.
+    """
+    require(
+        "pytest-xvfb",
+        importlib.util.find_spec("pytest_xvfb") is not None,
+        "install the tests dependency group",
+    )
+    suite.makepyfile(test_windows=WINDOW_TESTS)
+    ini = "[pytest]\n" if depth == 16 else f"[pytest]\nxvfb_colordepth = {depth}\n"
+    suite.makeini(ini)
+    result = run(suite, "-p", "xvfb", pytest_xvfb=True)
+    result.assert_outcomes(failed=1)
+    screen = json.loads(recorded("screen.json"))
+    assert screen["depth"] == depth  # pytest-xvfb's display, at the depth asked for
+    [path] = screenshot_paths(result)
+    width, height, rows = read_png(path)
+    # Red at (40, 30) 101x50 and blue at (200, 120) 61x41: the box is (40, 30) to (261, 161).
+    assert (width, height) == (221, 131)
+    red, blue = b"\xff\x00\x00", b"\x00\x00\xff"
+    for y in range(50):
+        assert rows[y][: 101 * 3] == red * 101, f"row {y}"
+    for y in range(90, 131):
+        assert rows[y][160 * 3 :] == blue * 61, f"row {y}"
+    corner = rows[0][220 * 3 :]  # above the blue window: the root window, neither colour
+    assert corner not in (red, blue)
 
 
 def test_screenshots_can_be_turned_off(suite: pytest.Pytester) -> None:

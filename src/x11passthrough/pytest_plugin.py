@@ -40,15 +40,16 @@ A display that is set but cannot be used (``DISPLAY=:99`` with no server there, 
 cookie) fails the test with the one-line reason; so does a private Xvfb that cannot start.
 
 Screenshots: when a test that used a passthrough (or ``x11passthrough_display``) fails, in its
-body or in a fixture's setup, a PNG of the lent display's screen is written to
+body or in a fixture's setup, a PNG of the lent display is written to
 ``x11passthrough-screenshots/`` in pytest's base temporary directory (each xdist worker has
 its own), or to the ini key ``x11passthrough_screenshot_dir`` (relative to the root
 directory). Its path is added to the failure report as the section ``x11passthrough
-screenshot`` and as the user property ``x11passthrough_screenshot`` (JUnit XML). Only 24-bit
-TrueColor screens are read (pytest-xvfb needs ``xvfb_colordepth = 24``). On a desktop the
-screenshot shows your whole screen; ``x11passthrough_screenshots = false`` turns them off. A
-screenshot that cannot be taken never fails the run: the section says why, and the
-``x11passthrough`` logger warns.
+screenshot`` and as the user property ``x11passthrough_screenshot`` (JUnit XML). The picture is
+cropped to the windows on the screen (the bounding box of the mapped top-level windows; the
+whole screen when none is mapped), so on a desktop it is usually your whole screen. TrueColor
+screens of depth 15, 16 and 24 are read, so pytest-xvfb's default depth (16) works;
+``x11passthrough_screenshots = false`` turns them off. A screenshot that cannot be taken never
+fails the run: the section says why, and the ``x11passthrough`` logger warns.
 
 Options for every passthrough of the fixtures come from the ini keys ``x11passthrough_auth``
 (``substitute``, ``untrusted`` or ``forward``) and ``x11passthrough_bind`` (addresses; setting
@@ -65,20 +66,19 @@ import re
 
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import pytest
 
-from ._args import DockerRunArgs
-from ._display._locator import DisplayLocator
-from ._passthrough import X11Passthrough
-from ._x11.screenshot import grab
-from ._x11.wire import MIT_MAGIC_COOKIE_1
-from ._x11.xlib import deadline, open_display
-from ._xauth.authority import Xauthority
-from ._xvfb import Xvfb
-from .exceptions import ConfigurationError, X11PassthroughError
+
+# The library is imported where a fixture or a screenshot first needs it, not here: pytest
+# loads this module in every run of every project in the environment, most of which never
+# use it (measured: importing the library here cost each of them about 0.11 s).
+if TYPE_CHECKING:
+    from ._args import DockerRunArgs
+    from ._passthrough import X11Passthrough
+    from ._xvfb import Xvfb
 
 
 __all__ = ["HostDisplay"]
@@ -95,6 +95,7 @@ _NO_DISPLAY = (
 )
 _NO_DISPLAY_REQUIRED = f"x11passthrough: no DISPLAY is set (--x11passthrough-required): {_FIXES}"
 _SCREEN = re.compile(r"(?P<width>\d+)x(?P<height>\d+)(?:x(?P<depth>\d+))?")
+_DEFAULT_SCREEN = "1280x1024x24"
 #: Set on the failures this plugin raises: the display is unusable, so no screenshot is tried.
 _OWN_FAILURE = "_x11passthrough_environment"
 
@@ -173,7 +174,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "x11passthrough_xvfb_screen",
         "screen of the private Xvfb: WIDTHxHEIGHTxDEPTH (or WIDTHxHEIGHT, depth 24)",
-        default="1280x1024x24",
+        default=_DEFAULT_SCREEN,
     )
     parser.addini(
         "x11passthrough_screenshots",
@@ -195,6 +196,11 @@ def _parse_screen(text: str) -> tuple[int, int, int]:
             f"x11passthrough_xvfb_screen = {text!r} is not WIDTHxHEIGHTxDEPTH (e.g. 1280x1024x24)"
         )
     screen = (int(match["width"]), int(match["height"]), int(match["depth"] or 24))
+    if text.strip() == _DEFAULT_SCREEN:
+        return screen  # valid: the library need not be imported to check it
+    from ._xvfb import Xvfb
+    from .exceptions import ConfigurationError
+
     try:
         Xvfb(width=screen[0], height=screen[1], depth=screen[2])
     except ConfigurationError as e:
@@ -258,6 +264,9 @@ def _ini_options(config: pytest.Config, options: dict[str, Any]) -> dict[str, An
 def _start(options: dict[str, Any]) -> tuple[X11Passthrough, DockerRunArgs]:
     """Start a passthrough; our errors fail the test with their one-line reason."""
     __tracebackhide__ = True
+    from ._passthrough import X11Passthrough
+    from .exceptions import X11PassthroughError
+
     try:
         passthrough = X11Passthrough(**options)
         return passthrough, passthrough.start()
@@ -277,6 +286,9 @@ def _track(request: pytest.FixtureRequest, lent: HostDisplay | None = None) -> N
 @pytest.fixture(scope="session", name="_x11passthrough_xvfb")
 def _private_xvfb(pytestconfig: pytest.Config) -> Iterator[Xvfb]:
     """Start the plugin's private Xvfb for this process (each xdist worker has its own)."""
+    from ._xvfb import Xvfb
+    from .exceptions import X11PassthroughError
+
     width, height, depth = pytestconfig.stash[_SETTINGS].screen
     xvfb = Xvfb(width=width, height=height, depth=depth)
     try:
@@ -390,6 +402,12 @@ def _screenshot_png(target: HostDisplay, *, timeout: float = _SCREENSHOT_TIMEOUT
             answer within `timeout` seconds, or has a pixel format that is not read.
         Exception: python-xlib's own errors (an X protocol error of the GetImage).
     """
+    from ._display._locator import DisplayLocator
+    from ._x11.screenshot import grab_windows
+    from ._x11.wire import MIT_MAGIC_COOKIE_1
+    from ._x11.xlib import deadline, open_display
+    from ._xauth.authority import Xauthority
+
     what = f"the screenshot of display {target.display}"
     connection = DisplayLocator(connect_timeout=timeout).connect(target.display)
     try:
@@ -408,7 +426,7 @@ def _screenshot_png(target: HostDisplay, *, timeout: float = _SCREENSHOT_TIMEOUT
     )
     try:
         with deadline(connection.socket, timeout, what):
-            shot = grab(display)
+            shot = grab_windows(display)
     finally:
         with contextlib.suppress(Exception):
             display.close()
