@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -18,6 +18,19 @@ import attrs
 DEFAULT_CONTAINER_XAUTHORITY = PurePosixPath("/tmp/.x11passthrough.xauth")
 
 _Kwargs = TypeVar("_Kwargs", bound=MutableMapping[str, Any])
+
+
+class _Container(Protocol):
+    """What :meth:`DockerRunArgs.apply_to` uses of a testcontainers ``DockerContainer``."""
+
+    def with_env(self, key: str, value: str, /) -> Any: ...
+
+    def with_volume_mapping(self, host: str, container: str, mode: str, /) -> Any: ...
+
+    def with_kwargs(self, **kwargs: Any) -> Any: ...
+
+
+_C = TypeVar("_C", bound=_Container)
 
 
 def _frozen_mapping(value: Mapping[str, str]) -> Mapping[str, str]:
@@ -42,8 +55,9 @@ class DockerRunArgs:
     host.docker.internal:host-gateway``.
 
     The same content comes as Docker SDK keyword arguments (:meth:`docker_py`), a Compose
-    service (:meth:`compose`), and plain pieces for packagers (:attr:`environment`,
-    :attr:`mounts`, :attr:`add_hosts`, :meth:`add_to`).
+    service (:meth:`compose`), settings of a testcontainers container (:meth:`apply_to`), and
+    plain pieces for packagers (:attr:`environment`, :attr:`mounts`, :attr:`add_hosts`,
+    :meth:`add_to`).
 
     Attributes:
         display: The display name the container uses (``:M``, or ``tcp/HOST:M``).
@@ -141,6 +155,40 @@ class DockerRunArgs:
         if self.hostname is not None:
             kwargs["hostname"] = self.hostname
         return kwargs
+
+    def apply_to(self, container: _C) -> _C:
+        """
+        Set these arguments on a testcontainers ``DockerContainer``, and return it.
+
+        ``container.with_kwargs(**args.docker_py())`` fails: ``DockerContainer`` passes its own
+        ``environment=`` and ``volumes=`` to the Docker SDK. This goes through its own
+        methods instead: ``with_env`` for each variable, ``with_volume_mapping`` for each
+        mount, and, where there are any, ``extra_hosts`` and ``hostname`` merged into the
+        container's keyword arguments (``with_kwargs`` replaces them all, so the ones set
+        before are kept; call ``with_kwargs`` yourself before this, not after)::
+
+            with X11Passthrough() as args:
+                with args.apply_to(DockerContainer(image).with_command("xdpyinfo")) as c:
+                    ...
+
+        Nothing of testcontainers is imported: any object with those three methods works.
+
+        .. versionadded:: 0.1.0
+        """
+        for name, value in self.environment.items():
+            container.with_env(name, value)
+        for host, inside, read_only in self.mounts:
+            container.with_volume_mapping(host, inside, "ro" if read_only else "rw")
+        if not self.extra_hosts and self.hostname is None:
+            return container
+        # DockerContainer keeps what with_kwargs was given in `_kwargs` (testcontainers 4).
+        kwargs = dict(getattr(container, "_kwargs", None) or {})
+        if self.extra_hosts:
+            kwargs["extra_hosts"] = {**(kwargs.get("extra_hosts") or {}), **self.extra_hosts}
+        if self.hostname is not None:
+            kwargs["hostname"] = self.hostname
+        container.with_kwargs(**kwargs)
+        return container
 
     def compose(self) -> dict[str, Any]:
         """Return the keys of a Compose service definition (``environment``, ``volumes``, ...)."""
