@@ -34,7 +34,13 @@ myst_enable_extensions = ["deflist"]
 nitpicky = True
 # DockerRunArgs.add_to returns the mapping it was given; its private TypeVar is shown as the
 # bound it stands for.
-autodoc_type_aliases = {"_Kwargs": "collections.abc.MutableMapping"}
+autodoc_type_aliases = {
+    "_Kwargs": "collections.abc.MutableMapping",
+    # DockerRunArgs.apply_to returns the testcontainers container it was given.
+    "_Container": "testcontainers.core.container.DockerContainer",
+}
+# testcontainers is not a dependency, and its inventory is not at hand: named, not linked.
+nitpick_ignore = [("py:class", "testcontainers.core.container.DockerContainer")]
 
 # The standard library names the API mentions, linked to the real pages of docs.python.org.
 # The build machine has no network, so the inventory intersphinx reads is written here from

@@ -8,6 +8,7 @@ directory named by ``X11PT_OUT``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -346,6 +347,16 @@ def test_the_plugin_imports_none_of_the_library_until_a_fixture_is_used(
     )
     result = run(suite)
     result.assert_outcomes(passed=1, failed=1)
+
+
+def test_the_package_says_it_is_a_pytest_plugin() -> None:
+    """The `Framework :: Pytest` classifier, beside the `pytest11` entry point."""
+    metadata = importlib.metadata.metadata("x11passthrough")
+    assert "Framework :: Pytest" in metadata.get_all("Classifier", [])
+    plugins = importlib.metadata.entry_points(group="pytest11")
+    assert [p.value for p in plugins if p.name == "x11passthrough"] == [
+        "x11passthrough.pytest_plugin"
+    ]
 
 
 def test_fixtures_lend_the_display(

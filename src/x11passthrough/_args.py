@@ -20,7 +20,7 @@ DEFAULT_CONTAINER_XAUTHORITY = PurePosixPath("/tmp/.x11passthrough.xauth")
 _Kwargs = TypeVar("_Kwargs", bound=MutableMapping[str, Any])
 
 
-class _Container(Protocol):
+class _ContainerMethods(Protocol):
     """What :meth:`DockerRunArgs.apply_to` uses of a testcontainers ``DockerContainer``."""
 
     def with_env(self, key: str, value: str, /) -> Any: ...
@@ -30,7 +30,7 @@ class _Container(Protocol):
     def with_kwargs(self, **kwargs: Any) -> Any: ...
 
 
-_C = TypeVar("_C", bound=_Container)
+_Container = TypeVar("_Container", bound=_ContainerMethods)
 
 
 def _frozen_mapping(value: Mapping[str, str]) -> Mapping[str, str]:
@@ -156,7 +156,7 @@ class DockerRunArgs:
             kwargs["hostname"] = self.hostname
         return kwargs
 
-    def apply_to(self, container: _C) -> _C:
+    def apply_to(self, container: _Container) -> _Container:
         """
         Set these arguments on a testcontainers ``DockerContainer``, and return it.
 
