@@ -390,7 +390,7 @@ def _lent_displays(item: pytest.Item) -> list[HostDisplay]:
 
 def _screenshot_png(target: HostDisplay, *, timeout: float = _SCREENSHOT_TIMEOUT) -> bytes:
     """
-    Return a PNG of `target`'s screen, taken with python-xlib.
+    Return a PNG of the windows on `target`'s screen, taken with python-xlib.
 
     The display is reached as the passthrough reaches it: its endpoint's owner is checked
     before any cookie is sent, the cookie is the one libXau's rules pick from `target`'s
