@@ -135,10 +135,16 @@ def test_forward_mode_without_a_cookie_warns_loudly(
     empty = tmp_path / "empty.xauth"
     empty.write_bytes(b"")
     caplog.set_level(logging.INFO, logger="x11passthrough")
-    with passthrough(open_xvfb, empty, auth="forward") as args:
+    with passthrough(open_xvfb, empty, auth="forward", bind=None, transport="unix") as args:
         assert args.xauthority is None
-        assert relay_setup(args.display, None)[0] == 1
-    assert "every container that reaches the relay becomes a trusted client" in caplog.text
+        assert args.socket is not None
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(args.socket))
+            s.sendall(struct.pack("<BxHHHH2x", 0x6C, 11, 0, 0, 0))
+            assert s.recv(8, socket.MSG_WAITALL)[0] == 1
+    assert "every container given the relay's socket becomes a trusted client" in caplog.text
+    assert "the abstract socket admits only your own uids" in caplog.text
     caplog.clear()
     with passthrough(open_xvfb, empty) as args:
         assert relay_setup(args.display, None)[0] == 0  # substitute still guards the relay

@@ -31,6 +31,7 @@ from ._cleanup import Cleanup
 from ._display._endpoint import Endpoint
 from ._display._locator import DisplayLocator
 from ._display._name import DisplayName
+from ._display._reserve import DEFAULT_DISPLAY_RANGE
 from ._options import AuthMode, Options
 from ._relay.options import Listener, RelayOptions
 from ._relay.stats import RelayStats
@@ -111,7 +112,9 @@ class X11Passthrough:
         host_dir: Where the session's private directory (socket, authority file) is created;
             default: ``$XDG_RUNTIME_DIR``, else the system temporary directory; for Docker
             Desktop ``~/.cache/x11passthrough``, as Desktop shares only paths under ``$HOME``.
-        display_range: The display numbers M to choose from.
+        display_range: The display numbers M to choose from, in order; default
+            :data:`~x11passthrough.display.DEFAULT_DISPLAY_RANGE` (50 to 9999, so that
+            another user holding the abstract names of 50 to 299 cannot stop a start).
         untrusted_timeout: In ``untrusted`` mode, seconds the X server keeps the untrusted
             cookie after this process is gone. While the passthrough runs, a connection of
             its own holds the cookie, so it never expires under the relay; if the process dies
@@ -147,7 +150,7 @@ class X11Passthrough:
         container_xauthority: str | os.PathLike[str] = DEFAULT_CONTAINER_XAUTHORITY,
         container_hostname: str | None = None,
         host_dir: str | os.PathLike[str] | None = None,
-        display_range: range = range(50, 300),
+        display_range: range = DEFAULT_DISPLAY_RANGE,
         untrusted_timeout: int = 5,
         connect_timeout: float = 2.0,
         setup_timeout: float = 10.0,
@@ -362,11 +365,22 @@ class X11Passthrough:
                 replacement_data=upstream.present or b"",
             )
             private = attrs.evolve(strict, admit_without_auth=True)
+        elif chosen.transport == "tcp":
+            # TCP tells nothing about who connects: any local user, and any container or
+            # host that reaches the address, would become a trusted client of the display.
+            raise ConfigurationError(
+                f"auth='forward' on transport='tcp': the X display {connection.name} admits "
+                "clients without a cookie, so forward mode has no cookie to demand, and the "
+                "relay's TCP port would admit every local user (and anyone reaching the "
+                "address) as a trusted client of your display. Use auth='substitute' (the "
+                "default), which guards the relay with a session cookie, or transport='unix'"
+            )
         else:
             logger.warning(
                 "the X display %s admits clients without a cookie, and auth='forward' has none "
-                "to demand: every container that reaches the relay becomes a trusted client of "
-                "your display. Use auth='substitute' (the default) to guard the relay.",
+                "to demand: every container given the relay's socket becomes a trusted client "
+                "of your display (the abstract socket admits only your own uids). Use "
+                "auth='substitute' (the default) to guard the relay with a cookie.",
                 connection.name,
             )
         lent = lend(

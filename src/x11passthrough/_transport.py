@@ -34,6 +34,7 @@ from ._args import DockerRunArgs
 from ._cleanup import Cleanup
 from ._display._reserve import ServerPlaces, reserve
 from ._relay.options import Listener, SetupFilter
+from ._relay.peers import own_uids
 from ._validate import IPAddress, IPNetwork
 from ._x11.wire import MIT_MAGIC_COOKIE_1
 from ._xauth.format import Family, XauthEntry, dump
@@ -241,7 +242,10 @@ def lend(
         numbers: The display numbers to choose from.
         places: Where X servers announce their numbers.
         cookie: The cookie containers present (None: the display needs none).
-        strict: The setup filter of listeners others can reach (TCP, the abstract socket).
+        strict: The setup filter of listeners others can reach (TCP, the abstract socket);
+            None (a display lent without a cookie) confines the abstract socket to the user's
+            own uids, by the peer's credentials. TCP then has no check at all: the caller
+            must refuse that plan.
         private: The setup filter of the private socket (only the containers reach it).
         container_xauthority: Where the authority file is mounted in the container.
         container_hostname: A host name to add a FamilyLocal entry for, or None.
@@ -257,7 +261,14 @@ def lend(
     reservation = reserve(numbers, chosen.bind, places, abstract=unix, freebind=chosen.freebind)
     cleanup.add("releasing the display number", reservation.close)
     number = reservation.number
-    listeners = [Listener(sock, strict) for sock in reservation.sockets]
+    if strict is None and not unix:
+        raise ConfigurationError(  # pragma: no cover - the passthrough refuses this plan first
+            "a TCP listener without a cookie to check would admit anyone who reaches it"
+        )
+    # Anyone on this host may connect to the abstract socket (abstract names have no
+    # permissions): without a cookie to check there, only the user's own processes may.
+    peers = own_uids() if strict is None else None
+    listeners = [Listener(sock, strict, peers=peers) for sock in reservation.sockets]
     directory = _session.create_directory(chosen.host_dir)
     cleanup.add(f"removing {directory}", lambda: _session.remove_directory(directory))
     socket_path = None

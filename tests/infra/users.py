@@ -161,3 +161,218 @@ def free_display(start: int = 900) -> int:
         if not taken:
             return number
     raise AssertionError("no free display number")
+
+
+_FLOODER = r"""
+import json, os, selectors, socket, sys, time
+kind, address, count, procs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if kind == "tcp":
+    host, port = address.rsplit(":", 1)
+    family, where = socket.AF_INET, (host, int(port))
+else:
+    family, where = socket.AF_UNIX, ("\0" + address if kind == "abstract" else address)
+stop_r, stop_w = os.pipe()
+report_r, report_w = os.pipe()
+
+def flood():
+    # Hold `count` idle connections; reopen each one the relay drops, as fast as it can.
+    sel = selectors.DefaultSelector()
+    sel.register(stop_r, selectors.EVENT_READ, None)
+    held, opened, most, ready = set(), 0, 0, False
+    while True:
+        failed = False
+        while len(held) < count:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(where)
+            except BlockingIOError:
+                if family == socket.AF_UNIX:  # the backlog is full
+                    sock.close()
+                    failed = True
+                    break
+            except OSError:
+                sock.close()
+                failed = True
+                break
+            held.add(sock)
+            sel.register(sock, selectors.EVENT_READ, sock)
+            opened += 1
+        most = max(most, len(held))
+        if not ready and opened >= count:
+            ready = True
+            os.write(report_w, b"ready\n")
+        for key, _ in sel.select(0.001 if failed else (0 if len(held) < count else None)):
+            if key.data is None:
+                os.write(report_w, (json.dumps({"opened": opened, "held": most}) + "\n").encode())
+                return
+            sel.unregister(key.data)
+            held.discard(key.data)
+            key.data.close()
+
+children = []
+for _ in range(procs):
+    pid = os.fork()
+    if pid == 0:
+        os.close(stop_w)
+        flood()
+        os._exit(0)
+    children.append(pid)
+os.close(stop_r)
+reports = os.fdopen(report_r)
+os.close(report_w)
+for _ in range(procs):
+    assert reports.readline() == "ready\n"
+print(json.dumps({"uid": os.getuid(), "pids": children}), flush=True)
+sys.stdin.read()
+os.close(stop_w)
+opened = held = 0
+for _ in range(procs):
+    done = json.loads(reports.readline())
+    opened += done["opened"]
+    held += done["held"]
+for pid in children:
+    os.waitpid(pid, 0)
+print(json.dumps({"opened": opened, "held": held}), flush=True)
+"""
+
+
+@dataclass
+class FloodReport:
+    """What a flood did: connections opened (reopened ones included), most held at once."""
+
+    opened: int
+    held: int
+
+
+class Flooder:
+    """
+    Processes holding idle connections to an endpoint, reopening each one that is dropped.
+
+    Each of `processes` processes keeps `count` connections open that never send a byte, and
+    opens a new one as soon as one is closed, as fast as it can. Started, each process has
+    opened `count` connections at least.
+
+    Args:
+        kind: ``"abstract"`` (`address` the name without its NUL byte), ``"unix"`` (a path)
+            or ``"tcp"`` (``HOST:PORT``).
+        address: Where to connect.
+        count: Connections per process.
+        processes: How many processes flood (each a peer of its own pid).
+        user: Run as the second local user (True) or as this process's user.
+    """
+
+    def __init__(
+        self, kind: str, address: str, *, count: int, processes: int = 1, user: bool = True
+    ) -> None:
+        options: dict[str, object] = {}
+        if user:
+            entry = other_user()
+            options = {
+                "user": entry.pw_uid,
+                "group": entry.pw_gid,
+                "extra_groups": [],
+                "env": {"PATH": "/usr/bin:/bin", "HOME": entry.pw_dir},
+                "cwd": "/",
+            }
+        self._process = subprocess.Popen(
+            [SYSTEM_PYTHON, "-I", "-c", _FLOODER, kind, address, str(count), str(processes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=set_pdeathsig,  # noqa: PLW1509 - only prctl, safe before exec
+            **options,  # type: ignore[call-overload]
+        )
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            assert self._process.stderr is not None
+            raise RuntimeError(f"the flood did not start: {self._process.stderr.read().decode()}")
+        started = json.loads(line)
+        self.uid: int = started["uid"]
+        self.pids: list[int] = started["pids"]
+
+    def report(self) -> FloodReport:
+        """Stop flooding and return what the flood did."""
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.close()
+        line = self._process.stdout.readline()
+        stop_process(self._process)
+        self.close()
+        done = json.loads(line)
+        return FloodReport(done["opened"], done["held"])
+
+    def close(self) -> None:
+        """Stop the flood if it still runs."""
+        if self._process.poll() is None:
+            stop_process(self._process)
+        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+_HOLDER = r"""
+import json, os, socket, sys
+prefix, low, high = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held = []
+for number in range(low, high):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind("\0" + prefix + str(number))
+        sock.listen(0)
+    except OSError:
+        sock.close()
+        continue
+    held.append((number, sock))
+print(json.dumps({"uid": os.getuid(), "pid": os.getpid(), "held": [n for n, _ in held]}),
+      flush=True)
+sys.stdin.read()
+"""
+
+
+class AbstractHolder:
+    """
+    A process of the second local user holding abstract names ``@<prefix><N>``, N in `numbers`.
+
+    It listens on each (backlog 0) and never accepts. Names another process holds are skipped;
+    :attr:`held` lists the numbers it got.
+    """
+
+    def __init__(self, numbers: range, prefix: str = "/tmp/.X11-unix/X") -> None:
+        entry = other_user()
+        self._process = subprocess.Popen(
+            [SYSTEM_PYTHON, "-I", "-c", _HOLDER, prefix, str(numbers.start), str(numbers.stop)],
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=[],
+            env={"PATH": "/usr/bin:/bin", "HOME": entry.pw_dir},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd="/",
+            preexec_fn=set_pdeathsig,  # noqa: PLW1509 - only prctl, safe before exec
+        )
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            assert self._process.stderr is not None
+            raise RuntimeError(f"the holder did not start: {self._process.stderr.read().decode()}")
+        started = json.loads(line)
+        self.uid: int = started["uid"]
+        self.pid: int = started["pid"]
+        self.held: list[int] = started["held"]
+
+    def close(self) -> None:
+        """Release the names."""
+        if self._process.poll() is None:
+            stop_process(self._process)
+        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> AbstractHolder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -228,8 +228,9 @@ class DisplayLocator:
 
         Args:
             range: Display numbers to try, each 0 to 59535; by default
-                :data:`~x11passthrough.display.DEFAULT_DISPLAY_RANGE` (50 to 299, as
-                Briefcase).
+                :data:`~x11passthrough.display.DEFAULT_DISPLAY_RANGE` (50 to 9999, in
+                order: Briefcase's 50 to 299 first, then higher numbers, so that another
+                user holding abstract names cannot stop a reservation).
             bind: IP addresses to listen on (not host names). IPv6 addresses get an
                 ``AF_INET6`` socket with ``IPV6_V6ONLY``. ``0.0.0.0`` listens on every
                 interface, reachable from the network; prefer specific addresses.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pwd
 import socket
 
 from collections.abc import Sequence
@@ -24,11 +25,15 @@ from ._name import X_TCP_PORT
 
 logger = logging.getLogger("x11passthrough")
 
-#: The display numbers :meth:`DisplayLocator.reserve` tries by default: the range Briefcase
-#: uses (50-299), above the low numbers local X servers take (0 upwards; Xwayland under GDM
-#: uses 1024). SSH X11 forwarding counts up from 10, but it only listens on TCP, which the
-#: bind check sees.
-DEFAULT_DISPLAY_RANGE = range(50, 300)
+#: The display numbers :meth:`DisplayLocator.reserve` tries by default, in order: first the
+#: range Briefcase uses (50-299), above the low numbers local X servers take (0 upwards;
+#: Xwayland under GDM uses 1024; SSH X11 forwarding counts up from 10, but it only listens on
+#: TCP, which the bind check sees), then on up to 9999. Any local user may hold abstract names
+#: (they have no permissions): holding @/tmp/.X11-unix/X50 to X299 once made every start fail,
+#: and the wider range makes a squatter hold thousands of sockets instead.
+DEFAULT_DISPLAY_RANGE = range(50, 10000)
+#: Where Linux lists the UNIX sockets of this network namespace, abstract ones with a "@".
+PROC_NET_UNIX = "/proc/net/unix"
 
 
 @attrs.frozen(kw_only=True)
@@ -210,8 +215,10 @@ def reserve(
     plan = [(str(ip), socket.AF_INET6 if ip.version == 6 else socket.AF_INET) for ip in bind]
     held = busy = 0
     examples: list[str] = []
+    listed = abstract_names() if places.abstract else None
+    squatted: list[str] = []
     for number in numbers:
-        reason = held_by_server(number, places)
+        reason = held_by_server(number, places, listed=listed)
         if reason is None:
             reservation = _try_claim(
                 number, plan, places.socket_path(number) if abstract else None, freebind
@@ -228,8 +235,12 @@ def reserve(
                 if plan
                 else f"abstract socket @{places.socket_path(number)} is in use"
             )
+            if not plan:
+                squatted.append(places.socket_path(number))
         else:
             held += 1
+            if reason.startswith("abstract socket @"):
+                squatted.append(places.socket_path(number))
         logger.debug("display number %d is taken: %s", number, reason)
         if len(examples) < 3:
             examples.append(f"{number}: {reason}")
@@ -237,15 +248,103 @@ def reserve(
     wider = f"range({low}, {min(high + 501, MAX_DISPLAY_NUMBER + 1)})"
     more = ", ..." if held + busy > len(examples) else ""
     raise NoFreeDisplayError(
-        f"no free display number in {_range_text(numbers)}: {held} held by X "
-        f"servers (socket, lock file or abstract socket), {busy} with TCP port 6000+N in "
-        f"use ({'; '.join(examples)}{more}); pass a wider range, e.g. "
-        f"reserve(range={wider})"
+        f"no free display number in {_range_text(numbers)}: {held} held by X servers or "
+        f"other processes (socket, lock file or abstract socket), {busy} with TCP port "
+        f"6000+N in use ({'; '.join(examples)}{more}){_holders_text(squatted)}; pass a wider "
+        f"range, e.g. reserve(range={wider})"
     )
 
 
-def held_by_server(number: int, places: ServerPlaces) -> str | None:
-    """Return why an X server holds `number` (socket file, lock, abstract), or None."""
+def abstract_names(path: str = PROC_NET_UNIX) -> dict[str, list[int]] | None:
+    """
+    Return the abstract socket names of this network namespace and their inodes.
+
+    Reading the list once is instant and never touches a listener; probing each name by
+    connecting may wake a lazily started server, and blocks while a squatter's backlog is
+    full. None when the list cannot be read (the caller then probes).
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return None
+    names: dict[str, list[int]] = {}
+    for line in lines:
+        # Num RefCount Protocol Flags Type St Inode Path
+        fields = line.split(None, 7)
+        if len(fields) < 8 or not fields[7].startswith("@"):
+            continue
+        try:
+            inode = int(fields[6])
+        except ValueError:
+            continue
+        names.setdefault(fields[7][1:], []).append(inode)
+    return names
+
+
+def socket_holders(inodes: set[int]) -> dict[int, tuple[int, int]]:
+    """
+    Map socket inodes to the ``(pid, uid)`` of a process holding them, where /proc shows it.
+
+    Root sees every process's descriptors; another user only their own.
+    """
+    found: dict[int, tuple[int, int]] = {}
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode in inodes and inode not in found:
+                    found[inode] = (pid, uid)
+    return found
+
+
+def _holders_text(squatted: list[str]) -> str:
+    """Say who holds the abstract names in `squatted` (uid and user name), where known."""
+    names = abstract_names()
+    if not squatted or names is None:
+        return ""
+    inodes = {inode for path in squatted for inode in names.get(path, ())}
+    holders = socket_holders(inodes)
+    counts: dict[str, int] = {}
+    for path in squatted:
+        owners = {holders[i] for i in names.get(path, ()) if i in holders}
+        who = ", ".join(sorted({_user_text(uid, pid) for pid, uid in owners}))
+        who = who or "another process (its owner is not visible to this user)"
+        counts[who] = counts.get(who, 0) + 1
+    shown = "; ".join(f"{count} by {who}" for who, count in counts.items())
+    return f"; abstract socket names held: {shown}"
+
+
+def _user_text(uid: int, pid: int) -> str:
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid} (pid {pid})"
+    return f"uid {uid} ({name}, pid {pid})"
+
+
+def held_by_server(
+    number: int, places: ServerPlaces, *, listed: dict[str, list[int]] | None = None
+) -> str | None:
+    """
+    Return why an X server holds `number` (socket file, lock, abstract), or None.
+
+    `listed` (from :func:`abstract_names`) answers for abstract sockets without a probe.
+    """
     path = places.socket_path(number)
     try:
         os.lstat(path)
@@ -259,6 +358,8 @@ def held_by_server(number: int, places: ServerPlaces) -> str | None:
     if reason is not None:
         return reason
     if places.abstract:
+        if listed is not None:
+            return f"abstract socket @{path} is held" if path in listed else None
         return _abstract_in_use(path, places.timeout)
     return None
 

@@ -63,6 +63,9 @@ class ConnectionOwner(Protocol):
     def setup_finished(self, connection: Connection) -> None:
         """Count `connection` as past its setup phase: no longer an unauthenticated one."""
 
+    def may_warn(self, kind: str, source: object) -> int | None:
+        """Tell whether to warn about `source` now (None: no; else how many were left out)."""
+
 
 class Refusal(Exception):  # noqa: N818 - internal control flow, not an error to callers
     """Raised inside the setup phase to refuse a client with a "Failed" reply."""
@@ -93,6 +96,7 @@ class Connection:
         "number",
         "peer",
         "received",
+        "refused",
         "source",
         "started",
         "unverified",
@@ -121,6 +125,8 @@ class Connection:
         self.peer = peer
         self.address: object = None
         self.unverified = False
+        #: Why this client is refused before its setup is read (its peer is not admitted).
+        self.refused: str | None = None
         self.source = source
         self.evicted: str | None = None
         self.number = number
@@ -135,8 +141,7 @@ class Connection:
     async def establish(self) -> None:
         """Run the setup filter (if any), connect upstream and start relaying."""
         owner = self._owner
-        if self.unverified and not await owner.admits(self):
-            await self._refuse_unknown()
+        if not await self._admitted():
             return
         setup_filter = self._setup_filter
         forward = b""
@@ -218,6 +223,16 @@ class Connection:
         if not self._owner.serving:
             raise asyncio.CancelledError
         return learned
+    async def _admitted(self) -> bool:
+        """Refuse a client whose peer or address is not admitted; tell whether it may go on."""
+        if self.refused is not None:
+            self._path.counters.rejected += 1
+            await self._refuse(self.refused, await self._first_bytes())
+            return False
+        if self.unverified and not await self._owner.admits(self):
+            await self._refuse_unknown()
+            return False
+        return True
 
     async def _negotiate(self, setup_filter: SetupFilter) -> bytes | None:
         """Collect the client's setup until the filter decides; return what to forward."""
@@ -376,11 +391,14 @@ class Connection:
             f"x11passthrough: clients from {self.source} are not admitted (their address is "
             f"in none of the {which})"
         )
-        logger.warning(
-            "relay refused %s: not in the allowed client networks; the passthrough's allow= "
-            "option (x11passthrough --allow) admits more",
-            self.peer,
-        )
+        left_out = self._owner.may_warn("unknown", self.source)
+        if left_out is not None:
+            logger.warning(
+                "relay refused %s: not in the allowed client networks; the passthrough's "
+                "allow= option (x11passthrough --allow) admits more%s",
+                self.peer,
+                f" ({left_out} similar warnings left out)" if left_out else "",
+            )
         await self._refuse(reason, await self._first_bytes())
 
     async def _first_bytes(self) -> bytes:

@@ -20,6 +20,7 @@ from ..exceptions import ConfigurationError
 if TYPE_CHECKING:
     from .._x11.gate import Accept, Reject
     from .._x11.requests import Hidden
+    from .peers import OwnUids
 
 
 #: A setup filter: called with every byte a client sent so far, returns ``None`` for "need
@@ -55,10 +56,14 @@ class Listener:
     Attributes:
         socket: The bound, listening stream socket.
         setup_filter: The filter for its clients (None: relay them unchanged).
+        peers: For a UNIX listener that others can reach and that cannot authenticate its
+            clients: the uids it admits (by ``SO_PEERCRED``); any other peer is refused with
+            an X11 "Failed" reply. None admits every peer.
     """
 
     socket: socket.socket
     setup_filter: SetupFilter | None = attrs.field(eq=False)
+    peers: OwnUids | None = attrs.field(default=None, eq=False)
 
 
 def _setup_timeout(value: object) -> float:
@@ -131,9 +136,10 @@ class RelayOptions:
         check_upstream: Called with every new connection to the display before anything is
             sent on it (e.g. to verify who owns the endpoint); a non-None result refuses the
             client with that reason, and the connection is closed unused.
-        max_pending: Most connections in their setup phase at once; at the limit the oldest
-            is dropped (see :mod:`.admission`).
-        max_pending_per_source: The same, per client address.
+        max_pending: Most connections in their setup phase at once; at the limit one of the
+            source with the most is dropped (see :mod:`.admission`).
+        max_pending_per_source: The same, per source: a TCP client address, or a UNIX
+            peer's uid and pid.
         fd_reserve: Descriptors left to the host process below its soft ``RLIMIT_NOFILE``;
             None keeps a quarter of the limit, at least 64.
         stall_timeout: Seconds a client may take nothing from a full backlog of replies

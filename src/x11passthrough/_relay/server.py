@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Literal
 
 from .._validate import IPNetwork
 from ..exceptions import RelayError
-from .admission import Admission
+from .admission import Admission, WarnLimiter, left_out_text
 from .connection import Connection
-from .options import Listener, RelayOptions, SetupFilter
+from .options import Listener, RelayOptions
+from .peers import OwnUids, peer_of
 from .sockets import (
     TCP_FAMILIES,
     allowed,
@@ -82,15 +83,15 @@ class Relay:
                 "pass [sock] for a single one"
             )
         self.options = options or RelayOptions()
-        self._filters: dict[socket.socket, SetupFilter | None] = {}
+        self._listeners: dict[socket.socket, Listener] = {}
         for listener in listeners:
             if isinstance(listener, Listener):
-                self._filters[listener.socket] = listener.setup_filter
+                self._listeners[listener.socket] = listener
             elif isinstance(listener, socket.socket):
-                self._filters[listener] = self.options.setup_filter
+                self._listeners[listener] = Listener(listener, self.options.setup_filter)
             else:
                 raise RelayError(f"a relay listener must be a socket.socket, not {listener!r}")
-        self.listeners = tuple(self._filters)
+        self.listeners = tuple(self._listeners)
         self.upstream = upstream
         self.path = DataPath(self.options)
         self.connections: set[Connection] = set()
@@ -100,6 +101,7 @@ class Relay:
         self._paused: set[socket.socket] = set()
         self._budget_paused = False
         self.admission = Admission(self.options)
+        self._warnings: dict[str, WarnLimiter] = {}
         self.allow = self.options.allow
         self._refreshed = -REFRESH_EVERY
         self._refreshing: asyncio.Future[None] | None = None
@@ -230,7 +232,7 @@ class Relay:
                 )
                 self._pause_listener(loop, listener)
                 return
-            self._admit(loop, client, address, self._filters[listener])
+            self._admit(loop, client, address, self._listeners[listener])
 
     def _pause_listener(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
         """Stop accepting on `listener` for a moment (the process is out of descriptors)."""
@@ -271,7 +273,7 @@ class Relay:
 
     def _evict(self, connection: Connection, reason: str) -> None:
         """Drop a pending connection now (its setup phase is cancelled)."""
-        self.admission.done(connection, connection.source)
+        self.admission.done(connection)
         self.path.counters.rejected += 1
         connection.evicted = reason
         task = self._tasks.get(connection)
@@ -285,7 +287,7 @@ class Relay:
         loop: asyncio.AbstractEventLoop,
         client: socket.socket,
         address: object,
-        setup_filter: SetupFilter | None,
+        listener: Listener,
     ) -> None:
         unverified = self.allow is not None and not allowed(client, address, self.allow)
         try:
@@ -297,8 +299,16 @@ class Relay:
             self.path.counters.errors += 1
             client.close()
             return
-        source = address[0] if client.family in TCP_FAMILIES and isinstance(address, tuple) else ""
-        admit, victim = self.admission.room_for(source)
+        peer_uid = None
+        if client.family in TCP_FAMILIES and isinstance(address, tuple):
+            source = str(address[0])
+            key = (source, "")
+        else:
+            unix_peer = peer_of(client)
+            source = "local clients" if unix_peer is None else f"local {unix_peer}"
+            key = ("local clients", "") if unix_peer is None else unix_peer.key
+            peer_uid = None if unix_peer is None else unix_peer.uid
+        admit, victim = self.admission.room_for(key)
         if victim is not None:
             self._evict(victim, "too many connections of this source are in their setup")
         if not admit:
@@ -316,23 +326,57 @@ class Relay:
             loop,
             client,
             target=self.upstream,
-            setup_filter=setup_filter,
+            setup_filter=listener.setup_filter,
             peer=peer,
-            source=source or "local clients",
+            source=source,
             number=counters.total,
         )
         conn.address = address
         conn.unverified = unverified
+        peers = listener.peers
+        if peers is not None and (peer_uid is None or not peers.admits(peer_uid)):
+            conn.refused = self._refuse_peer(source, peer_uid, listener.socket, peers)
         self.connections.add(conn)
-        self.admission.add(conn, conn.source)
+        self.admission.add(conn, key)
         task = loop.create_task(self._run(conn))
         self._tasks[conn] = task
         task.add_done_callback(lambda _task: self._tasks.pop(conn, None))
 
+    def _refuse_peer(
+        self, source: str, uid: int | None, listener: socket.socket, peers: OwnUids
+    ) -> str:
+        """Return the reason a UNIX peer is refused on `listener`, and warn (rate-limited)."""
+        left_out = self.may_warn("peer", uid)
+        if left_out is not None:
+            logger.warning(
+                "relay refused %s on %s: this listener cannot check a cookie (auth='forward' "
+                "with a display that needs none), so it admits only %s%s",
+                source,
+                local_name(listener),
+                peers.describe(),
+                left_out_text(left_out),
+            )
+        return (
+            f"x11passthrough: {source} is not admitted here: this display is lent without a "
+            "cookie (auth='forward'), so this socket admits only its owner's processes"
+        )
+
+    def may_warn(self, kind: str, source: object) -> int | None:
+        """
+        Tell whether to log a warning of `kind` about `source` (rate-limited per kind).
+
+        Returns:
+            None to stay silent, else how many such warnings were left out since the last.
+        """
+        limiter = self._warnings.get(kind)
+        if limiter is None:
+            limiter = self._warnings[kind] = WarnLimiter()
+        return limiter.allow(source)
+
     def connection_closed(self, connection: Connection) -> None:
         """Forget a connection that closed."""
         self.connections.discard(connection)
-        self.admission.done(connection, connection.source)
+        self.admission.done(connection)
         self._resume_after_budget()
 
     async def admits(self, connection: Connection) -> bool:
@@ -358,7 +402,7 @@ class Relay:
 
     def setup_finished(self, connection: Connection) -> None:
         """Stop counting a connection that passed its setup phase as pending."""
-        self.admission.done(connection, connection.source)
+        self.admission.done(connection)
 
     async def _run(self, conn: Connection) -> None:
         try:
