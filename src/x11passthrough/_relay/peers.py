@@ -14,6 +14,17 @@ translated into the relay's namespaces). Two uses:
   have no permissions) admits only the user's own uids: the user, root, and the user's
   subordinate uids from ``/etc/subuid`` (a rootless container's users appear as those). Every
   other peer gets an X11 "Failed" reply.
+
+Why refuse per listener, and not the whole configuration at start: with ``auth="forward"`` on a
+display that admits the user without a cookie (xhost, ``SI:localuser``: common on desktops),
+uid 65534 got a trusted connection through the unguarded abstract socket. Refusing that
+configuration outright would also refuse the users it serves well: the mounted socket is
+reachable only by the containers it is mounted into, whatever their uid (root, ``--user 1000``,
+rootless Podman's subuids), and the abstract socket is reached by ``--network host``
+containers, which run as root or the user in the common case. The peer's uid is known on UNIX
+sockets, so the abstract socket can refuse exactly the peers that are not the user's. TCP
+carries no credential (any local user can connect from a loopback address the allowlist
+admits), so there the passthrough refuses the configuration at start instead.
 """
 
 from __future__ import annotations
