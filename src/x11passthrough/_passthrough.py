@@ -113,7 +113,7 @@ class X11Passthrough:
             default: ``$XDG_RUNTIME_DIR``, else the system temporary directory; for Docker
             Desktop ``~/.cache/x11passthrough``, as Desktop shares only paths under ``$HOME``.
         display_range: The display numbers M to choose from, in order; default
-            :data:`~x11passthrough.display.DEFAULT_DISPLAY_RANGE` (50 to 9999, so that
+            ``x11passthrough.display.DEFAULT_DISPLAY_RANGE`` (50 to 9999, so that
             another user holding the abstract names of 50 to 299 cannot stop a start).
         untrusted_timeout: In ``untrusted`` mode, seconds the X server keeps the untrusted
             cookie after this process is gone. While the passthrough runs, a connection of
