@@ -11,9 +11,8 @@ own ``open()`` and ``subprocess.run`` then fail with EMFILE) and delay every rea
   UNIX peer's uid and pid (``SO_PEERCRED``; every UNIX client once shared one budget, so a
   flood of idle connections by any local user on the abstract socket made 171 of 178
   container setups on the mounted socket fail). A source at its cap rotates through its own
-  connections: its oldest pending one is evicted if it has had at least
-  :data:`MIN_PENDING_AGE` to send its setup (a real client sends it at once), otherwise the
-  newcomer is refused.
+  connections: its oldest pending one is evicted once it has waited :data:`ROTATE_AGE`
+  (a real client sends its setup at once), otherwise the newcomer is refused.
 * At the cap of all pending connections, the source holding the most (by uid first for UNIX
   peers, then by pid) gives one up: a newcomer from a smaller source evicts that source's
   oldest at once, whatever its age; a newcomer of the largest source is treated as at its own
@@ -53,6 +52,12 @@ Key = tuple[str, str]
 #: How long a pending connection is safe from eviction: a real client sends its setup message
 #: right after connecting, far within this.
 MIN_PENDING_AGE = 0.1
+#: How long the oldest pending connection of a source at its own cap must wait before a newcomer
+#: of that source replaces it. Each replacement costs the relay a task and a cancellation, and
+#: a flood reconnects at once: at 0.1 s, four processes of one user flooding the abstract
+#: socket cost ten times as many replacements, and containers' setups on the mounted socket
+#: took p90 0.4 to 0.6 s instead of 0.2 s.
+ROTATE_AGE = 1.0
 #: Seconds over which warnings of one kind are limited.
 WARN_EVERY = 60.0
 #: Warning lines of one kind per :data:`WARN_EVERY` seconds, whatever the number of sources.
@@ -180,7 +185,7 @@ class Admission:
         group, member = key
         queue = self._groups.get(group, {}).get(member)
         if queue is not None and len(queue) >= self._options.max_pending_per_source:
-            return self._rotate(queue, now)
+            return self._rotate(queue, now, ROTATE_AGE)
         if len(self._pending) < self._options.max_pending:
             return True, None
         largest, count = self._sizes.most_common(1)[0]
@@ -193,7 +198,7 @@ class Admission:
         mine = self._groups[group].get(member)
         if mine is None or len(mine) < len(queue):
             return self._take_from(queue, now)
-        return self._rotate(queue, now)
+        return self._rotate(queue, now, ROTATE_AGE)
 
     def _largest_member(self, group: str) -> collections.OrderedDict[Connection, float]:
         return max(self._groups[group].values(), key=len)
@@ -212,17 +217,17 @@ class Admission:
     ) -> tuple[bool, Connection | None]:
         """Evict the oldest of a larger source: at once if it floods, else once it is old."""
         if len(queue) < 2:  # one pending connection may be a real client in its setup
-            return self._rotate(queue, now)
+            return self._rotate(queue, now, MIN_PENDING_AGE)
         connection = next(iter(queue))
         self._warn(self._keys[connection])
         return True, connection
 
     def _rotate(
-        self, queue: collections.OrderedDict[Connection, float], now: float
+        self, queue: collections.OrderedDict[Connection, float], now: float, age: float
     ) -> tuple[bool, Connection | None]:
         connection, since = next(iter(queue.items()))
         self._warn(self._keys[connection])
-        if now - since >= MIN_PENDING_AGE:
+        if now - since >= age:
             return True, connection
         return False, None
 
