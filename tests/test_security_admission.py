@@ -106,6 +106,33 @@ def _no_cookie(tmp_path: Path) -> Path:
     return empty
 
 
+# -- what each listener admits -------------------------------------------------------------------
+
+
+def test_what_each_unix_listener_admits(xvfb: XServer) -> None:
+    """
+    The mounted socket admits the session cookie or none at all (it is the capability); the
+    abstract socket, which any local user reaches, the session cookie only. A wrong cookie is
+    refused on both.
+    """
+    with X11Passthrough(
+        xvfb.display, xvfb.xauthority, transport="unix", display_range=RANGE
+    ) as args:
+        assert args.socket is not None
+        mounted, abstract = str(args.socket), abstract_address(args)
+        cookie = session_cookie(args)
+        wrong = bytes(b ^ 1 for b in cookie)
+        refused = (0, "x11passthrough: wrong authorization cookie")
+        assert unix_setup(mounted, cookie)[0] == 1
+        assert unix_setup(mounted, None)[0] == 1
+        assert unix_setup(mounted, wrong)[::2] == refused
+        assert unix_setup(abstract, cookie)[0] == 1
+        status, _, reason = unix_setup(abstract, None)
+        assert status == 0
+        assert reason.startswith("x11passthrough: no authorization")
+        assert unix_setup(abstract, wrong)[::2] == refused
+
+
 # -- item 2: forward mode and other local users -------------------------------------------------
 
 
