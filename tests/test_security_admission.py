@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from x11passthrough import DockerRunArgs, X11Passthrough
+from x11passthrough.display import DisplayLocator
 from x11passthrough.exceptions import ConfigurationError, NoFreeDisplayError
 from x11passthrough.xauth import Xauthority
 
@@ -45,6 +46,8 @@ from infra.xvfb import XServer
 
 
 RANGE = range(1760, 1800)
+#: A user who owns no process of the tests (cannot read other processes' descriptors).
+NOBODY = 65534
 MIT = b"MIT-MAGIC-COOKIE-1"
 TESTS = Path(__file__).resolve().parent
 #: Real clients measured while a flood runs, and how many must succeed.
@@ -439,7 +442,18 @@ def test_when_every_number_is_squatted_the_error_names_the_holder(xvfb: XServer)
                 xvfb.display, xvfb.xauthority, transport="unix", display_range=numbers
             ).start()
         took = time.monotonic() - started
+        # A user who cannot see the holder's descriptors learns that someone holds them.
+
+        def as_nobody() -> str:
+            try:
+                DisplayLocator().reserve(range=numbers)
+            except NoFreeDisplayError as exc:
+                return str(exc)
+            return "reserved"
+
+        unseen = run_forked(as_nobody, uid=NOBODY)
     message = str(info.value)
     print(f"{message} ({took:.2f} s)")
     user = other_user()
     assert f"10 by uid {holder.uid} ({user.pw_name}, pid {holder.pid})" in message
+    assert "10 by another process (its owner is not visible to this user)" in unseen, unseen
