@@ -223,6 +223,7 @@ class Connection:
         if not self._owner.serving:
             raise asyncio.CancelledError
         return learned
+
     async def _admitted(self) -> bool:
         """Refuse a client whose peer or address is not admitted; tell whether it may go on."""
         if self.refused is not None:
