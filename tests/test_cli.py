@@ -71,7 +71,7 @@ def test_cli_errors_are_short_and_actionable(tmp_path: Path) -> None:
         env=env,
         timeout=60,
     )
-    assert result.returncode == 2
+    assert result.returncode == 125
     assert result.stderr.startswith("x11passthrough: error: DISPLAY is not set")
     assert "Traceback" not in result.stderr
 
@@ -140,7 +140,7 @@ def test_help_lists_the_commands() -> None:
 
 def test_a_dead_display_is_one_line_of_cli_words(xvfb: XServer) -> None:
     result = cli("--display", ":4242", "run", "--", "docker", "run", "img")
-    assert result.returncode == 2
+    assert result.returncode == 125
     assert result.stderr.startswith("x11passthrough: error: no X server answers for display")
     assert "Traceback" not in result.stderr
 
@@ -155,7 +155,7 @@ def test_a_wrong_cookie_names_the_file(xvfb: XServer, tmp_path: Path) -> None:
     result = cli(
         "--display", xvfb.display, "--xauthority", str(wrong), "run", "--", "docker", "run", "i"
     )
-    assert result.returncode == 2
+    assert result.returncode == 125
     assert "refused the cookie" in result.stderr
     assert str(wrong) in result.stderr
     assert "--xauthority" in result.stderr  # the library's xauthority=... in CLI words
@@ -164,7 +164,7 @@ def test_a_wrong_cookie_names_the_file(xvfb: XServer, tmp_path: Path) -> None:
 def test_a_missing_engine_command_is_one_line(xvfb: XServer, tmp_path: Path) -> None:
     env = {**xvfb.env(), "PATH": str(tmp_path)}
     result = cli("run", "--", "docker", "run", "--rm", "img", env=env)
-    assert result.returncode == 2
+    assert result.returncode == 125
     assert result.stderr.startswith("x11passthrough: error: cannot run 'docker'")
     assert "on PATH" in result.stderr
 
@@ -184,16 +184,16 @@ def test_conflicting_options_are_refused_before_anything_starts(xvfb: XServer) -
     none_tcp = cli(
         *base, "--transport", "tcp", "run", "--", "docker", "run", "--network", "none", "i"
     )
-    assert none_tcp.returncode == 2
+    assert none_tcp.returncode == 125
     assert "--network none" in none_tcp.stderr
     forward = cli(*base, "--auth", "forward", "run", "--", "docker", "run", "-u", "1000", "i")
-    assert forward.returncode == 2
+    assert forward.returncode == 125
     assert "--auth substitute" in forward.stderr
     both = cli("--xvfb", *base, "run", "--", "docker", "run", "i")
-    assert both.returncode == 2
+    assert both.returncode == 125
     assert "leave out --display" in both.stderr
     screen = cli("--xvfb", "--xvfb-screen", "big", "run", "--", "docker", "run", "i")
-    assert screen.returncode == 2
+    assert screen.returncode == 125
     assert "--xvfb-screen 'big'" in screen.stderr
 
 

@@ -3,11 +3,17 @@ Running the command a passthrough is lent to: signals passed on, statuses passed
 
 Strictly private. One implementation for the command line (``run``, ``args``) and for anything
 else that holds a passthrough open around a child process.
+
+SIGTERM (and SIGHUP) mean what ``docker stop`` means: passed on, then, after a grace period
+(``stop_timeout``), the child is stopped for good. A container whose process 1 has no handler
+(``sleep``, many entrypoints) ignores the signal; without the grace period it would run on, and
+a supervisor's later SIGKILL would orphan it and the session's files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import subprocess
 import sys
@@ -19,8 +25,52 @@ from types import FrameType
 from .exceptions import X11PassthroughError
 
 
+logger = logging.getLogger("x11passthrough")
+
 #: The signals passed on to the child (and that end a wait): termination, hang-up, interrupt.
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+#: The signals that start the grace period (Ctrl-C is a person, who can press it again).
+STOPPING = (signal.SIGTERM, signal.SIGHUP)
+
+
+class _Grace:
+    """After a stopping signal, `stop` the child for good unless it ends within `seconds`."""
+
+    def __init__(self, seconds: float | None, stop: Callable[[], object]) -> None:
+        self._seconds = seconds
+        self._stop = stop
+        self._timer: threading.Timer | None = None
+        self.signum: int | None = None
+        self.expired = threading.Event()
+
+    def started_by(self, signum: int) -> None:
+        """Start the grace period if `signum` stops the child and none has started."""
+        if self._seconds is None or signum not in STOPPING or self._timer is not None:
+            return
+        self.signum = signum
+        self._timer = threading.Timer(self._seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        name = signal.Signals(self.signum or signal.SIGTERM).name
+        logger.warning(
+            "the command did not end within %g s of %s (a container's process 1 may have no "
+            "handler; `docker run --init` adds one): stopping it for good",
+            self._seconds,
+            name,
+        )
+        self.expired.set()
+        self._stop()
+
+    def cancel(self) -> None:
+        """End the grace period (the child has ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def status(self, status: int) -> int:
+        """Return `status`, or 128+N when the child was stopped for good after signal N."""
+        return 128 + self.signum if self.expired.is_set() and self.signum else status
 
 
 def exit_status(returncode: int) -> int:
@@ -43,6 +93,8 @@ def run(
     *,
     env: dict[str, str] | None = None,
     on_repeat: Callable[[], None] | None = None,
+    stop_timeout: float | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> int:
     """
     Run `argv`, passing SIGTERM, SIGHUP and SIGINT on to it, and return its exit status.
@@ -55,6 +107,10 @@ def run(
         env: Its environment (default: ours).
         on_repeat: Called once when a second signal arrives while the child still runs
             (e.g. to kill a container whose process 1 ignores signals).
+        stop_timeout: Seconds the child has, after SIGTERM or SIGHUP, to end before `stop`
+            is called (and the status is 128+N for that signal); None: no limit.
+        stop: Stops the child for good, e.g. its container; when it returns False (or is
+            not given) the child gets SIGKILL.
 
     Raises:
         X11PassthroughError: The program cannot be started (not on PATH, not executable).
@@ -67,16 +123,27 @@ def run(
         ) from None
     received: list[int] = []
 
+    def kill() -> None:
+        if stop is None or not stop():
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+
+    grace = _Grace(stop_timeout, kill)
+
     def forward(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signum)
+        grace.started_by(signum)
         if len(received) == 2 and on_repeat is not None and child.poll() is None:
             on_repeat()
 
     with _handlers(forward):
-        returncode = child.wait()
-    return exit_status(returncode)
+        try:
+            returncode = child.wait()
+        finally:
+            grace.cancel()
+    return grace.status(exit_status(returncode))
 
 
 @contextlib.contextmanager
@@ -112,7 +179,9 @@ def _start(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[str]:
         ) from None
 
 
-def run_detached(argv: Sequence[str], engine: Sequence[str]) -> int:
+def run_detached(
+    argv: Sequence[str], engine: Sequence[str], *, stop_timeout: float | None = None
+) -> int:
     """
     Run a detached ``ENGINE run -d ...``, then hold on until its container exits.
 
@@ -124,6 +193,8 @@ def run_detached(argv: Sequence[str], engine: Sequence[str]) -> int:
     Args:
         argv: The whole command.
         engine: The words that run the engine (``docker``, ``sudo podman``, ...).
+        stop_timeout: Seconds the container has, after SIGTERM or SIGHUP, to end before it
+            is killed (``ENGINE kill``); None: no limit.
 
     Raises:
         X11PassthroughError: The engine cannot be started.
@@ -141,8 +212,10 @@ def run_detached(argv: Sequence[str], engine: Sequence[str]) -> int:
         if starter.returncode != 0 or not output.strip():
             return exit_status(starter.returncode)
         container = output.strip().splitlines()[-1]
+        grace = _Grace(stop_timeout, lambda: _signal(engine, container, signal.SIGKILL))
         for signum in received:
             _signal(engine, container, signum)
+            grace.started_by(signum)
         sys.stderr.write(
             f"x11passthrough: holding the display until container {container[:12]} exits\n"
         )
@@ -150,13 +223,17 @@ def run_detached(argv: Sequence[str], engine: Sequence[str]) -> int:
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         _signal(engine, container, signum)
+        grace.started_by(signum)
 
     with _handlers(forward):
-        status, _ = waiter.communicate()
+        try:
+            status, _ = waiter.communicate()
+        finally:
+            grace.cancel()
     try:
-        return int(status.strip().splitlines()[-1])
+        return grace.status(int(status.strip().splitlines()[-1]))
     except (ValueError, IndexError):
-        return exit_status(waiter.returncode) or 1
+        return grace.status(exit_status(waiter.returncode) or 1)
 
 
 def _signal(engine: Sequence[str], container: str, signum: int) -> None:

@@ -14,18 +14,44 @@ commands (and the library) are imported once the command line has been read
     x11passthrough doctor --image IMAGE
 
 Exit status: ``run`` passes the container command's own on (128+N when signal N ended it);
-2 for our errors and bad usage; 130/143/129 when SIGINT/SIGTERM/SIGHUP ended ``args``.
+125 for our errors and bad usage, as ``docker run`` does, so that a container's own 2 (a
+pytest usage error, ``ls`` of a missing file) is not taken for ours; 130/143/129 when
+SIGINT/SIGTERM/SIGHUP ended ``args``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 
 _PROG = "x11passthrough"
+#: Exit status for our own errors and bad usage: ``docker run``'s, not a container's usual 2.
+ERROR_STATUS = 125
+#: Seconds a container has to end after SIGTERM before it is killed (``docker stop``'s 10).
+STOP_TIMEOUT = 10.0
+
+_EXAMPLES = """\
+examples:
+  x11passthrough doctor
+  x11passthrough run -- docker run --rm IMAGE xeyes
+  x11passthrough run --xvfb -- docker run --rm IMAGE my-gui-test
+  x11passthrough args --format compose > x11.override.yml   # lent until Ctrl-C
+  # meanwhile: docker compose -f compose.yml -f x11.override.yml run app
+
+exit status: run gives the command's own (128+N after signal N); 125 for
+x11passthrough's own errors and bad usage, as docker run does."""
+_RUN_EXAMPLES = """\
+examples:
+  x11passthrough run -- docker run --rm IMAGE xeyes
+  x11passthrough run --xvfb -- podman run --rm IMAGE my-gui-test
+  x11passthrough run -- sh -c 'echo "$@"' {x11}
+
+Compose cannot be wrapped: use 'x11passthrough args --format compose'.
+exit status: the command's own; 125 for x11passthrough's own errors."""
 
 
 def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -98,14 +124,37 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
         from importlib.metadata import version  # noqa: PLC0415 - --help stays quick
 
-        parser.exit(message=f"{_PROG} {version('x11passthrough')}\n")
+        print(f"{_PROG} {version('x11passthrough')}", flush=True)  # stdout: v=$(... --version)
+        parser.exit()
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors exit with :data:`ERROR_STATUS`, not argparse's 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(ERROR_STATUS, f"{self.prog}: error: {message}\n")
+
+
+def _seconds(text: str) -> float:
+    """``--stop-timeout``: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e6:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds (0 or more), e.g. --stop-timeout 30"
+        )
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=_PROG,
         description="Lend the host's X display to a container, safely and fast.",
-        epilog="Exit status: run gives the command's own; 2 for x11passthrough's errors.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_Version, help="print the version and exit")
     _common(parser, suppress=False)
@@ -115,8 +164,18 @@ def _parser() -> argparse.ArgumentParser:
         help="run a container command with the display lent to it",
         description="Run a container command with the arguments spliced in after its "
         "'run' (or where {x11} stands), and lend the display until the container exits.",
+        epilog=_RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(run, suppress=True)
+    run.add_argument(
+        "--stop-timeout",
+        type=_seconds,
+        default=STOP_TIMEOUT,
+        metavar="SECONDS",
+        help="after SIGTERM, how long the container has to end before it is killed, as "
+        "for docker stop (default: 10)",
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- docker run ... (or {x11})")
     args = sub.add_parser(
         "args",
@@ -142,6 +201,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(doctor, suppress=True)
     doctor.add_argument("--image", help="also run a probe container of IMAGE")
+    doctor.add_argument(
+        "engine_options",
+        nargs=argparse.REMAINDER,
+        metavar="-- OPTIONS",
+        help="options for the probe's 'ENGINE run' (e.g. -- --runtime runsc)",
+    )
     return parser
 
 

@@ -2,7 +2,8 @@
 The command line's commands: ``run``, ``args`` and ``doctor``, once the options are read.
 
 Strictly private. Exit status: ``run`` passes the container command's own on (128+N when
-signal N ended it); 2 for our errors; ``doctor`` 0 only when a container would get a working
+signal N ended it); 125 for our errors (``docker run``'s, as a container's own 2 is common);
+``doctor`` 0 only when a container would get a working
 display, else 1; ``args`` 128+N for the signal that ended it.
 """
 
@@ -37,8 +38,8 @@ from .exceptions import ConfigurationError, X11PassthroughError
 
 logger = logging.getLogger("x11passthrough")
 
-#: Exit status for our own errors (as for bad usage).
-ERROR_STATUS = 2
+#: Exit status for our own errors (as for bad usage, ``_cli.ERROR_STATUS``): ``docker run``'s.
+ERROR_STATUS = 125
 _PROG = "x11passthrough"
 _SCREEN = re.compile(r"(\d+)x(\d+)(?:x(\d+))?")
 
@@ -124,7 +125,7 @@ def _main(opts: argparse.Namespace) -> int:
             return _doctor(opts, options)
         if wrapped is not None:
             with X11Passthrough(**options) as args:
-                return _run(wrapped, args)
+                return _run(wrapped, args, opts.stop_timeout)
         with _child.caught_signals() as wait, X11Passthrough(**options) as args:
             return _hold(opts, args, wait)
     finally:
@@ -138,7 +139,14 @@ def _wrapped(opts: argparse.Namespace) -> Wrapped | None:
     command = opts.argv[1:] if opts.argv[:1] == ["--"] else opts.argv
     if not command:
         raise ConfigurationError("nothing to run: give a container command after '--'")
-    return Wrapped.parse(command)
+    wrapped = Wrapped.parse(command)
+    if wrapped.dropped:
+        logger.warning(
+            "left out of the command: %s (the lent display sets DISPLAY and XAUTHORITY and "
+            "mounts its own socket; these would beat it)",
+            ", ".join(repr(d) for d in wrapped.dropped),
+        )
+    return wrapped
 
 
 def _options(opts: argparse.Namespace, wrapped: Wrapped | None) -> dict[str, Any]:
@@ -213,7 +221,7 @@ def _xvfb(opts: argparse.Namespace) -> Xvfb:
     return Xvfb(width=width, height=height, depth=depth)
 
 
-def _run(wrapped: Wrapped, args: DockerRunArgs) -> int:
+def _run(wrapped: Wrapped, args: DockerRunArgs, stop_timeout: float) -> int:
     arguments = list(args)
     if wrapped.hostname and args.hostname == wrapped.hostname:
         at = arguments.index("--hostname")
@@ -224,32 +232,39 @@ def _run(wrapped: Wrapped, args: DockerRunArgs) -> int:
             "TCP (an engine in a VM): give it a network, or run it on an engine on this host"
         )
     if wrapped.detach and not wrapped.create:
-        return _child.run_detached(wrapped.splice(arguments), wrapped.prefix)
+        return _child.run_detached(
+            wrapped.splice(arguments), wrapped.prefix, stop_timeout=stop_timeout
+        )
     if not wrapped.prefix or wrapped.create or "--cidfile" in wrapped.argv:
-        return _child.run(wrapped.splice(arguments))
+        return _child.run(wrapped.splice(arguments), stop_timeout=stop_timeout)
     with tempfile.TemporaryDirectory(prefix="x11passthrough-cid-") as tmp:
         cidfile = Path(tmp) / "cid"
         # The container's id, to kill it when a second signal shows that its process 1
-        # ignores them (an X client as process 1 has no handler for SIGINT or SIGTERM).
+        # ignores them (an X client as process 1 has no handler for SIGINT or SIGTERM), or
+        # when it outlives the grace period after SIGTERM (as `docker stop` does).
         argv = wrapped.splice(["--cidfile", str(cidfile), *arguments])
 
-        def kill() -> None:
+        def kill() -> bool:
             try:
                 container = cidfile.read_text().strip()
             except OSError:
-                return
-            logger.warning(
-                "the container ignores signals (its process 1 has no handler; `docker run "
-                "--init` adds one): killing it"
-            )
+                return False  # not created yet: the engine's client is killed instead
             subprocess.run(
                 [*wrapped.prefix, "kill", container],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 check=False,
             )
+            return True
 
-        return _child.run(argv, on_repeat=kill)
+        def on_repeat() -> None:
+            logger.warning(
+                "the container ignores signals (its process 1 has no handler; `docker run "
+                "--init` adds one): killing it"
+            )
+            kill()
+
+        return _child.run(argv, on_repeat=on_repeat, stop_timeout=stop_timeout, stop=kill)
 
 
 def _hold(opts: argparse.Namespace, args: DockerRunArgs, wait: Callable[[], int]) -> int:

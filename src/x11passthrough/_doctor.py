@@ -6,20 +6,31 @@ found) and, on failure, a line saying what to do. The steps are the passthrough'
 order: the display and who owns it, the cookie and a real X11 setup with it, the engine, the
 transport, a connection setup through the relay exactly as a container makes it, the server as
 python-xlib sees it through the relay, and with ``--image`` a probe container.
+
+Lines are wrapped to :data:`WIDTH` columns (a terminal's 80, and the docs' code blocks), the
+continuation indented under the text. An X server started without ``-noreset`` (as
+``xvfb-run`` and pytest-xvfb start Xvfb) resets when its last client leaves, and closes a
+connection that arrives meanwhile during its setup: 2 of 15 doctor runs failed so before each
+X11 setup was retried once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import tempfile
+import textwrap
+import time
+import urllib.parse
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import attrs
 
@@ -35,7 +46,15 @@ from ._x11.wire import MIT_MAGIC_COOKIE_1, SetupStatus
 from ._x11.xlib import open_display
 from ._xauth.authority import Xauthority, default_path
 from ._xauth.format import Family
-from .exceptions import X11PassthroughError
+from .exceptions import X11PassthroughError, X11SetupError
+
+
+#: The width of the report's lines.
+WIDTH = 79
+_INDENT = " " * 16
+#: What an X server that resets between clients does to a connection during the reset.
+_RESETTING = "closed the connection"
+_T = TypeVar("_T")
 
 
 #: A probe for images: the standard library only, run by the image's python3. It connects as
@@ -108,9 +127,9 @@ class Report:
 
     def line(self, status: str, step: str, text: str, hint: str = "") -> None:
         """Write one step's verdict, and what to do about a failure."""
-        self.out.write(f"{status:<5} {step:<10} {text}\n")
+        self.out.write(_wrap(f"{status:<5} {step:<10} ", text))
         if hint:
-            self.out.write(f"{'':16}-> {hint}\n")
+            self.out.write(_wrap(f"{_INDENT}-> ", hint, indent=_INDENT + "   "))
         self.out.flush()
         if status == "FAIL":
             self.failed = True
@@ -119,6 +138,40 @@ class Report:
         """Write a failure; return False (so a step can ``return report.fail(...)``)."""
         self.line("FAIL", step, str(error), hint)
         return False
+
+
+def _wrap(first: str, text: str, *, indent: str = _INDENT) -> str:
+    """Return `text` after `first`, wrapped to :data:`WIDTH` columns, each line ended."""
+    lines: list[str] = []
+    for number, paragraph in enumerate(text.splitlines() or [""]):
+        lines += textwrap.wrap(
+            paragraph,
+            WIDTH,
+            initial_indent=first if number == 0 else indent,
+            subsequent_indent=indent,
+            break_long_words=False,
+            break_on_hyphens=False,
+        ) or [first.rstrip()]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _retried(setup: Callable[[], _T]) -> _T:
+    """Run an X11 `setup`; once more if the server closed it while resetting."""
+    try:
+        return setup()
+    except X11SetupError as e:
+        if _RESETTING not in str(e) or "after its setup" in str(e):
+            raise
+    time.sleep(0.5)  # the reset takes milliseconds; the next connection is served after it
+    try:
+        return setup()
+    except X11SetupError as e:
+        if _RESETTING not in str(e):
+            raise
+        raise X11SetupError(
+            f"{e} twice: the X server resets when its last client leaves (Xvfb without "
+            "-noreset, as xvfb-run starts it); start it with -noreset, or run doctor again"
+        ) from None
 
 
 def _who(uid: int | None) -> str:
@@ -135,7 +188,8 @@ def diagnose(
     *,
     out: IO[str],
     image: str | None = None,
-    engine_command: Sequence[str] = ("docker",),
+    engine_command: Sequence[str] | None = None,
+    engine_options: Sequence[str] = (),
     speak: Callable[[str], str] = str,
 ) -> bool:
     """
@@ -145,11 +199,13 @@ def diagnose(
         options: The :class:`X11Passthrough` options the command line was given.
         out: Where the report goes.
         image: An image to run a probe container of.
-        engine_command: The engine's command, for the probe (``docker`` or ``podman``).
+        engine_command: The engine's command, for the probe (default: ``podman`` when Podman
+            answers, or was named, else ``docker``).
+        engine_options: Options of the probe's ``ENGINE run`` (``--runtime runsc``).
         speak: Rewrites the library's messages in the command line's words.
     """
     report = Report(out)
-    _steps(report, options, image, engine_command, speak)
+    _steps(report, options, _Probe(image, engine_command, tuple(engine_options)), speak)
     if report.failed:
         out.write("a container would not get a working display\n")
     else:
@@ -157,11 +213,25 @@ def diagnose(
     return not report.failed
 
 
+@attrs.frozen
+class _Probe:
+    """The probe container: its image, the engine's command and ``run`` options."""
+
+    image: str | None
+    command: Sequence[str] | None
+    options: tuple[str, ...]
+
+
+def _engine_command(options: dict[str, Any], engine: _engine.Engine | None) -> tuple[str, ...]:
+    """Return the engine's command for the probe: Podman's when told or found (and installed)."""
+    podman = options.get("engine") == "podman" or (engine is not None and engine.kind == "podman")
+    return ("podman",) if podman and shutil.which("podman") else ("docker",)
+
+
 def _steps(
     report: Report,
     options: dict[str, Any],
-    image: str | None,
-    engine_command: Sequence[str],
+    probe: _Probe,
     speak: Callable[[str], str],
 ) -> None:
     display_text = options.get("display") or os.environ.get("DISPLAY")
@@ -172,7 +242,8 @@ def _steps(
         return
     if not _host_side(report, display_text, options, speak):
         return
-    _engine_step(report, options)
+    engine = _engine_step(report, options)
+    command = probe.command or _engine_command(options, engine)
     try:
         passthrough = X11Passthrough(**options)
         args = passthrough.start()
@@ -188,8 +259,8 @@ def _steps(
         report.line("ok", "transport", f"{where}; the container gets DISPLAY={args.display}")
         if _relay_step(report, args):
             _server_step(report, args)
-        if image is not None and not report.failed:
-            _probe_step(report, args, image, engine_command)
+        if probe.image is not None and not report.failed:
+            _probe_step(report, args, probe.image, (*command,), probe.options)
     finally:
         passthrough.close()
 
@@ -221,13 +292,22 @@ def _host_side(
         else:
             family = getattr(entry.family, "name", entry.family)
             what = f"MIT-MAGIC-COOKIE-1 for {display_text} from {where} (family {family})"
+        first = [connection.socket]
+        locator = options.get("locator") or DisplayLocator()
+
+        def setup() -> Any:
+            # A retry (after a server's reset) needs a new connection.
+            with contextlib.ExitStack() as stack:
+                sock = first.pop() if first else stack.enter_context(locator.connect(name)).socket
+                return handshake(
+                    sock,
+                    MIT_MAGIC_COOKIE_1 if entry else b"",
+                    entry.data if entry else b"",
+                    timeout=float(options.get("connect_timeout", 5.0)),
+                )
+
         try:
-            reply = handshake(
-                connection.socket,
-                MIT_MAGIC_COOKIE_1 if entry else b"",
-                entry.data if entry else b"",
-                timeout=float(options.get("connect_timeout", 5.0)),
-            )
+            reply = _retried(setup)
         except X11PassthroughError as e:
             return report.fail("cookie", f"{what}: {e}")
     if reply.status is not SetupStatus.SUCCESS:
@@ -255,17 +335,39 @@ def _engine_step(report: Report, options: dict[str, Any]) -> _engine.Engine | No
                 f"{hint}, as told; containers on {where}",
             )
             return None
-        report.line(
-            "warn",
+        report.fail(
             "engine",
-            "no container engine answered on its API socket; assuming one on this kernel",
-            "start Docker or Podman, or pass --engine (and --transport)",
+            "no container engine answered on its API socket",
+            "start Docker or Podman, or pass --engine (and --transport) to name it",
         )
+        return None
+    if found.socket is None and not _remote_answers(report):
         return None
     where = "this host's kernel" if found.same_kernel else "a VM (no shared sockets)"
     mode = "rootless" if found.rootless else "rootful"
     report.line("ok", "engine", f"{found.description}, {mode}, containers on {where}")
     return found
+
+
+def _remote_answers(report: Report) -> bool:
+    """Check that a ``DOCKER_HOST`` of TCP answers (one of SSH is not checked)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    url = urllib.parse.urlsplit(host)
+    if url.scheme != "tcp":
+        report.line("warn", "engine", f"DOCKER_HOST={host}: not checked")
+        return False
+    try:
+        port = url.port or 2375
+        with socket.create_connection((url.hostname or "localhost", port), timeout=5):
+            pass
+    except (OSError, ValueError) as e:
+        report.fail(
+            "engine",
+            f"DOCKER_HOST={host} does not answer: {getattr(e, 'strerror', None) or e}",
+            "start that engine, or point DOCKER_HOST at one that runs",
+        )
+        return False
+    return True
 
 
 def _session_cookie(args: DockerRunArgs) -> bytes:
@@ -292,10 +394,16 @@ def _relay_socket(args: DockerRunArgs) -> socket.socket:
 
 def _relay_step(report: Report, args: DockerRunArgs) -> bool:
     cookie = _session_cookie(args)
-    try:
+
+    def setup() -> tuple[Any, Any]:
         with _relay_socket(args) as sock:
             peer = sock.getpeername()
-            reply = handshake(sock, MIT_MAGIC_COOKIE_1 if cookie else b"", cookie, timeout=10.0)
+            return peer, handshake(
+                sock, MIT_MAGIC_COOKIE_1 if cookie else b"", cookie, timeout=10.0
+            )
+
+    try:
+        peer, reply = _retried(setup)
     except (OSError, X11PassthroughError) as e:
         return report.fail("relay", f"cannot reach the relay as a container would: {e}")
     if reply.status is not SetupStatus.SUCCESS:
@@ -311,13 +419,15 @@ def _server_step(report: Report, args: DockerRunArgs) -> None:
     cookie = _session_cookie(args)
     number = int(args.display.rsplit(":", 1)[1])
     try:
-        display = open_display(
-            _relay_socket(args),
-            MIT_MAGIC_COOKIE_1 if cookie else b"",
-            cookie,
-            number=number,
-            timeout=10.0,
-            what="the relay",
+        display = _retried(
+            lambda: open_display(
+                _relay_socket(args),
+                MIT_MAGIC_COOKIE_1 if cookie else b"",
+                cookie,
+                number=number,
+                timeout=10.0,
+                what="the relay",
+            )
         )
     except (OSError, X11PassthroughError) as e:
         report.fail("server", f"python-xlib could not open the display through the relay: {e}")
@@ -351,13 +461,14 @@ def _probe_step(
     args: DockerRunArgs,
     image: str,
     engine_command: Sequence[str],
+    engine_options: Sequence[str] = (),
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="x11passthrough-probe-") as tmp:
         probe = Path(tmp) / "probe.py"
         probe.write_text(PROBE)
         probe.chmod(0o644)
         Path(tmp).chmod(0o755)
-        argv = [*engine_command, "run", "--rm", *args]
+        argv = [*engine_command, "run", "--rm", *engine_options, *args]
         argv += ["--volume", f"{probe}:/tmp/.x11passthrough-probe.py:ro", image]
         argv += ["sh", "-c", _PROBE_COMMAND]
         try:
