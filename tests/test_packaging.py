@@ -140,3 +140,98 @@ def test_no_module_is_longer_than_700_lines() -> None:
         if (n := len(path.read_text().splitlines())) > 700
     }
     assert long == {}
+
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The sdist and the wheel, built from this checkout by its build backend."""
+    out = tmp_path_factory.mktemp("dist")
+    build = (
+        "import sys; from hatchling.build import build_sdist, build_wheel; "
+        "print(build_sdist(sys.argv[1])); print(build_wheel(sys.argv[1]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", build, str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    sdist, wheel = done.stdout.split()
+    return {"sdist": out / sdist, "wheel": out / wheel}
+
+
+def test_the_license_travels_with_the_sdist_and_the_wheel(dists: dict[str, Path]) -> None:
+    """The MIT text is in both, and the metadata names it (License-File)."""
+    import tarfile
+    import zipfile
+
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License")
+    with tarfile.open(dists["sdist"]) as sdist:
+        top = sdist.getnames()[0].split("/")[0]
+        member = sdist.extractfile(f"{top}/LICENSE")
+        assert member is not None
+        assert member.read().decode() == text
+        info = sdist.extractfile(f"{top}/PKG-INFO")
+        assert info is not None
+        assert "License-File: LICENSE" in info.read().decode().splitlines()
+    with zipfile.ZipFile(dists["wheel"]) as wheel:
+        info_dir = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+        info_dir = info_dir.rpartition("/")[0]
+        assert wheel.read(f"{info_dir}/licenses/LICENSE").decode() == text
+        metadata = wheel.read(f"{info_dir}/METADATA").decode().splitlines()
+        assert "License-File: LICENSE" in metadata
+        assert "License-Expression: MIT" in metadata
+
+
+def test_the_wheel_alone_installs_and_runs(dists: dict[str, Path], tmp_path: Path) -> None:
+    """A fresh venv with the wheel only (no checkout): the command, its version, the license."""
+    from infra.ci import require
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    install = subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "install", "-q", str(dists["wheel"])],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    offline = any(
+        s in install.stderr for s in ("No matching distribution", "NewConnectionError")
+    )
+    require("attrs and python-xlib from a package index", not offline, install.stderr[-300:])
+    assert install.returncode == 0, install.stderr
+    version = importlib.metadata.version("x11passthrough")
+    done = subprocess.run(
+        [venv / "bin" / "x11passthrough", "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout == f"x11passthrough {version}\n"  # on stdout: v=$(... --version)
+    probe = (
+        "import importlib.metadata as m, x11passthrough; "
+        "d = m.distribution('x11passthrough'); "
+        "print(x11passthrough.__file__); "
+        "print([str(f) for f in d.files if f.name == 'LICENSE'])"
+    )
+    shown = subprocess.run(
+        [venv / "bin" / "python", "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.splitlines()
+    assert shown[0].startswith(str(venv)), "imported from the checkout, not the wheel"
+    assert "licenses/LICENSE" in shown[1]
