@@ -343,3 +343,162 @@ def test_every_option_is_in_the_reference() -> None:
     assert len(flags) > 15
     missing = sorted(f for f in flags if f"`{f}" not in reference)
     assert missing == []
+
+
+def documented_block(page: str, after: str) -> str:
+    """The first ```text block after the line `after` of a docs page."""
+    text = (Path(__file__).parents[1] / "docs" / page).read_text()
+    rest = text[text.index(after) :]
+    start = rest.index("```text\n") + len("```text\n")
+    return rest[start : rest.index("```", start)]
+
+
+def words(text: str) -> str:
+    """`text` with its whitespace normalized (argparse wraps to the terminal's width)."""
+    return " ".join(text.split())
+
+
+def test_the_documented_help_is_the_programs() -> None:
+    """docs/install.md shows `x11passthrough --help` as it is: its usage and its commands."""
+    shown = documented_block("install.md", "x11passthrough --help\n")
+    actual = cli("--help", env={**_env(), "COLUMNS": "80"}).stdout
+    assert words(shown) in words(actual)
+    usage = actual[: actual.index("COMMAND ...") + len("COMMAND ...")]
+    assert words(usage) in words(shown), "the documented usage misses options"
+    assert "--version" in shown
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+
+
+def test_version_is_printed_on_stdout() -> None:
+    """`v=$(x11passthrough --version)` captures it."""
+    import importlib.metadata
+
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"x11passthrough {importlib.metadata.version('x11passthrough')}\n"
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--no-such-option", "run", "--", "docker", "run", "i"),
+        ("frobnicate",),
+        (),
+        ("--auth", "bogus", "doctor"),
+        ("run", "--stop-timeout", "soon", "--", "docker", "run", "i"),
+        ("run", "--stop-timeout", "-1", "--", "docker", "run", "i"),
+        ("run",),
+    ],
+    ids=repr,
+)
+def test_our_errors_and_bad_usage_exit_125_not_a_containers_2(args: tuple[str, ...]) -> None:
+    """125, as `docker run` uses for its own errors; 2 is a container's common status."""
+    result = cli(*args, env={**_env(), "DISPLAY": ":4242"})
+    assert result.returncode == 125, result.stderr
+    assert "error:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stop_timeout_is_named_in_its_error() -> None:
+    result = cli("run", "--stop-timeout", "soon", "--", "docker", "run", "i")
+    assert "--stop-timeout: 'soon' is not a number of seconds" in result.stderr
+
+
+def test_the_exit_status_is_documented() -> None:
+    """The CLI reference's table and both --help texts say 125."""
+    reference = (Path(__file__).parents[1] / "docs" / "reference" / "cli.md").read_text()
+    assert "| any | 125 |" in reference
+    assert "125" in words(cli("--help", env={**_env(), "COLUMNS": "80"}).stdout)
+    assert "125" in words(cli("run", "--help", env={**_env(), "COLUMNS": "80"}).stdout)
+
+
+def test_help_has_examples_and_points_compose_to_args() -> None:
+    top = cli("--help").stdout
+    run = cli("run", "--help").stdout
+    for text in (top, run):
+        assert "examples:" in text
+        assert "x11passthrough run -- docker run --rm IMAGE xeyes" in text
+        assert "args --format compose" in text
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("docker-compose", "-f", "compose.yml", "run", "app"),
+        ("docker", "compose", "run", "--rm", "app"),
+        ("podman", "compose", "run", "app"),
+        ("podman-compose", "run", "app"),
+    ],
+    ids=" ".join,
+)
+def test_compose_is_refused_with_the_way_that_works(xvfb: XServer, command: tuple[str]) -> None:
+    result = cli(*display_options(xvfb), "run", "--", *command)
+    assert result.returncode == 125
+    assert "x11passthrough args --format compose" in result.stderr
+
+
+def test_doctor_lines_fit_a_terminal(xvfb: XServer, tmp_path: Path) -> None:
+    """No line of doctor's report is wider than 79 columns (paths aside), passing or failing."""
+    wrong = tmp_path / "wrong.xauth"
+    subprocess.run(
+        ["xauth", "-f", str(wrong), "add", xvfb.display, ".", "cd" * 16],
+        check=True,
+        capture_output=True,
+    )
+    passing = cli(*display_options(xvfb), "doctor")
+    failing = cli("--display", xvfb.display, "--xauthority", str(wrong), "doctor")
+    dead = cli("--display", ":4242", "doctor")
+    for result in (passing, failing, dead):
+        assert "Traceback" not in result.stderr
+        for line in result.stdout.splitlines():
+            assert len(line) <= 79 or " " not in line.strip(), line
+    assert passing.returncode == 0, passing.stdout
+    assert failing.returncode == 1
+
+
+@pytest.mark.parametrize(
+    "host", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:1"], ids=["none", "tcp"]
+)
+def test_doctor_fails_when_no_engine_answers(xvfb: XServer, host: str) -> None:
+    """No engine (or a dead tcp:// one): the engine step fails, and so does the verdict."""
+    result = cli(*display_options(xvfb), "doctor", env={**xvfb.env(), "DOCKER_HOST": host})
+    assert result.returncode == 1, result.stdout
+    assert "FAIL  engine" in result.stdout
+    assert result.stdout.rstrip().endswith("a container would not get a working display")
+
+
+def test_doctor_probes_with_the_engine_it_finds() -> None:
+    """A Podman that answers (rootless, say) is probed with podman, not docker."""
+    import shutil
+
+    from x11passthrough._doctor import _engine_command
+    from x11passthrough._engine import Engine
+
+    podman = Engine("podman", True, "/run/user/1000/podman/podman.sock", "Podman 4.3.1")
+    docker = Engine("docker", False, "/var/run/docker.sock", "Docker Engine 28")
+    expected = ("podman",) if shutil.which("podman") else ("docker",)
+    assert _engine_command({}, podman) == expected
+    assert _engine_command({}, docker) == ("docker",)
+    assert _engine_command({"engine": "podman"}, None) == expected
+
+
+def test_doctor_survives_a_server_that_resets(tmp_path: Path) -> None:
+    """Xvfb without -noreset (as xvfb-run starts it) resets between doctor's connections."""
+    from infra.xvfb import start_xvfb
+
+    server = start_xvfb(tmp_path / "xvfb", noreset=False)
+    try:
+        failed = []
+        for _ in range(20):
+            result = cli(*display_options(server), "--engine", "docker", "doctor")
+            if result.returncode != 0:
+                failed.append(result.stdout)
+        assert failed == []
+    finally:
+        server.stop()

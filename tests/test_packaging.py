@@ -204,9 +204,7 @@ def test_the_wheel_alone_installs_and_runs(dists: dict[str, Path], tmp_path: Pat
         check=False,
         timeout=600,
     )
-    offline = any(
-        s in install.stderr for s in ("No matching distribution", "NewConnectionError")
-    )
+    offline = any(s in install.stderr for s in ("No matching distribution", "NewConnectionError"))
     require("attrs and python-xlib from a package index", not offline, install.stderr[-300:])
     assert install.returncode == 0, install.stderr
     version = importlib.metadata.version("x11passthrough")

@@ -52,8 +52,13 @@ from .exceptions import X11PassthroughError, X11SetupError
 #: The width of the report's lines.
 WIDTH = 79
 _INDENT = " " * 16
-#: What an X server that resets between clients does to a connection during the reset.
-_RESETTING = "closed the connection"
+#: What an X server that resets between clients does to a connection during the reset: it
+#: closes it, during its setup or while we send it.
+_RESETTING = (
+    "closed the connection during its setup",
+    "the X server closed the connection (",
+    "the connection to the X server failed",
+)
 _T = TypeVar("_T")
 
 
@@ -155,18 +160,22 @@ def _wrap(first: str, text: str, *, indent: str = _INDENT) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
+def _resetting(error: X11PassthroughError) -> bool:
+    return any(marker in str(error) for marker in _RESETTING)
+
+
 def _retried(setup: Callable[[], _T]) -> _T:
     """Run an X11 `setup`; once more if the server closed it while resetting."""
     try:
         return setup()
-    except X11SetupError as e:
-        if _RESETTING not in str(e) or "after its setup" in str(e):
+    except X11PassthroughError as e:
+        if not _resetting(e):
             raise
     time.sleep(0.5)  # the reset takes milliseconds; the next connection is served after it
     try:
         return setup()
-    except X11SetupError as e:
-        if _RESETTING not in str(e):
+    except X11PassthroughError as e:
+        if not _resetting(e):
             raise
         raise X11SetupError(
             f"{e} twice: the X server resets when its last client leaves (Xvfb without "
@@ -244,9 +253,15 @@ def _steps(
         return
     engine = _engine_step(report, options)
     command = probe.command or _engine_command(options, engine)
-    try:
+    passthrough = X11Passthrough(**options)
+
+    def start() -> DockerRunArgs:
+        nonlocal passthrough
         passthrough = X11Passthrough(**options)
-        args = passthrough.start()
+        return passthrough.start()
+
+    try:
+        args = _retried(start)
     except X11PassthroughError as e:
         report.fail("transport", speak(str(e)))
         return

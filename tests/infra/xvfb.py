@@ -111,6 +111,7 @@ def start_xvfb(
     extra_args: tuple[str, ...] = (),
     number: int | None = None,
     cookie: bytes | None = None,
+    noreset: bool = True,
 ) -> XServer:
     """
     Start Xvfb on a free display with a fresh MIT-MAGIC-COOKIE-1 and wait until it answers.
@@ -122,7 +123,8 @@ def start_xvfb(
     needs `number` (from :func:`infra.users.free_display`): it could otherwise pick the number
     of a running server.
     The client authority file is written with the real ``xauth`` program, so the fixture does
-    not depend on the code under test.
+    not depend on the code under test. ``noreset=False`` starts it as ``xvfb-run`` does: it
+    resets (and briefly refuses connections) whenever its last client leaves.
     """
     require_executables("Xvfb", "xauth")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,7 @@ def start_xvfb(
     chosen = ["-displayfd", str(write_fd)] if number is None else [f":{number}"]
     args = ["Xvfb", *chosen, "-auth", str(server_auth)]
     # -noreset: keep access-control changes (xhost) when the last client disconnects.
-    args += ["-screen", "0", "1024x768x24", "-noreset"]
+    args += ["-screen", "0", "1024x768x24", *(["-noreset"] if noreset else [])]
     args += ["-listen", "tcp"] if tcp else ["-nolisten", "tcp"]
     args += list(extra_args)
     with (workdir / "xvfb.log").open("wb") as log:
