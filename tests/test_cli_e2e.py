@@ -161,8 +161,140 @@ def test_doctor_without_an_engine(xvfb: XServer, x11_image: str) -> None:
     env = {**xvfb.env(), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     result = cli("doctor", "--image", x11_image, env=env)
     assert result.returncode == 1
-    assert "warn  engine     no container engine answered" in result.stdout
-    assert "FAIL  container" in result.stdout
+    assert "FAIL  engine     no container engine answered" in result.stdout
+    assert "would not get a working display" in result.stdout
+
+
+def test_doctor_passes_engine_options_to_the_probe(xvfb: XServer, x11_image: str) -> None:
+    """Options after `--` go to the probe's `docker run`, as they would to the user's own."""
+    bad = cli("doctor", "--image", x11_image, "--", "--runtime", "x11pt-no-such", env=xvfb.env())
+    assert bad.returncode == 1, bad.stdout
+    assert "FAIL  container" in bad.stdout
+    assert "x11pt-no-such" in bad.stdout
+    good = cli("doctor", "--image", x11_image, "--", "--ulimit", "nofile=512:512", env=xvfb.env())
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "ok    container" in good.stdout
+
+
+def sockets_dir_files() -> set[str]:
+    """The entries of the host's /tmp/.X11-unix that are not sockets (an engine's leftovers)."""
+    import stat
+
+    found = set()
+    for entry in Path("/tmp/.X11-unix").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(entry.lstat().st_mode):
+                found.add(entry.name)
+    return found
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        ["-e", "DISPLAY", "-v", "/tmp/.X11-unix:/tmp/.X11-unix"],
+        ["--env=DISPLAY=:0", "--volume", "/tmp/.X11-unix:/tmp/.X11-unix:ro"],
+        [
+            "-e",
+            "XAUTHORITY=/nowhere",
+            "--mount",
+            "type=bind,src=/tmp/.X11-unix,dst=/tmp/.X11-unix",
+        ],
+    ],
+    ids=" ".join,
+)
+def test_the_usual_recipe_left_in_the_command_is_dropped(
+    xvfb: XServer, x11_image: str, recipe: list[str]
+) -> None:
+    """`-e DISPLAY=... -v /tmp/.X11-unix:...` would beat the lent display and litter the host."""
+    before = sockets_dir_files()
+    for _ in range(2):
+        result = cli(
+            "run", "--", "docker", "run", "--rm", *recipe, x11_image, "xdpyinfo", env=xvfb.env()
+        )
+        assert result.returncode == 0, result.stderr
+        assert "vendor string:    The X.Org Foundation" in result.stdout
+        assert "left out of the command" in result.stderr
+    assert sockets_dir_files() - before == set()
+
+
+def test_sigterm_stops_a_container_that_ignores_it_after_the_grace_period(
+    xvfb: XServer, x11_image: str, tmp_path: Path
+) -> None:
+    """One SIGTERM means `docker stop`: passed on, then, after --stop-timeout, the kill; 143."""
+    name = f"x11pt-stop-{os.getpid()}"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "x11passthrough", "--host-dir", str(tmp_path / "host")),
+            *("run", "--stop-timeout", "2", "--"),
+            *("docker", "run", "--rm", "--name", name, x11_image),
+            *("sh", "-c", "xdpyinfo >/dev/null && echo ready && exec sleep 1000"),
+        ],
+        env={**xvfb.env(), "TMPDIR": str(scratch)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    (tmp_path / "host").mkdir()
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.readline().strip() == "ready"
+        assert list(scratch.glob("x11passthrough-cid-*")) != []
+        process.send_signal(signal.SIGTERM)  # sleep as process 1 ignores it
+        assert process.wait(120) == 128 + signal.SIGTERM
+        assert "stopping it for good" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    running = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"name=^{name}$"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert running.stdout.strip() == ""
+    assert list(scratch.iterdir()) == []
+    assert list((tmp_path / "host").iterdir()) == []
+
+
+def test_sigterm_stops_a_detached_container_after_the_grace_period(
+    xvfb: XServer, x11_image: str, tmp_path: Path
+) -> None:
+    name = f"x11pt-stopd-{os.getpid()}"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "x11passthrough", "--host-dir", str(tmp_path)),
+            *("run", "--stop-timeout", "1", "--"),
+            *("docker", "run", "-d", "--rm", "--name", name, x11_image, "sleep", "1000"),
+        ],
+        env=xvfb.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        assert "holding the display" in process.stderr.readline()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(120) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    gone = subprocess.run(["docker", "inspect", name], capture_output=True, check=False)
+    assert gone.returncode != 0
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_container_that_ignores_signals_is_killed_at_the_second(

@@ -199,12 +199,18 @@ def run_detached(
     Raises:
         X11PassthroughError: The engine cannot be started.
     """
-    received: list[int] = []
+    received: list[tuple[int, bool]] = []  # each signal, and whether it was passed on
+    started: list[tuple[str, _Grace]] = []  # the container, once known, and its grace period
 
-    def note(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        # One handler throughout: a signal before the id is known is kept, then passed on.
+        received.append((signum, bool(started)))
+        if started:
+            container, grace = started[0]
+            _signal(engine, container, signum)
+            grace.started_by(signum)
 
-    with _handlers(note):
+    with _handlers(forward):
         starter = _start(argv, stdout=subprocess.PIPE)
         output, _ = starter.communicate()
         sys.stdout.write(output)
@@ -213,20 +219,16 @@ def run_detached(
             return exit_status(starter.returncode)
         container = output.strip().splitlines()[-1]
         grace = _Grace(stop_timeout, lambda: _signal(engine, container, signal.SIGKILL))
-        for signum in received:
-            _signal(engine, container, signum)
-            grace.started_by(signum)
-        sys.stderr.write(
-            f"x11passthrough: holding the display until container {container[:12]} exits\n"
-        )
         waiter = _start([*engine, "wait", container], stdout=subprocess.PIPE)
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        _signal(engine, container, signum)
-        grace.started_by(signum)
-
-    with _handlers(forward):
         try:
+            started.append((container, grace))
+            for signum, passed_on in list(received):
+                if not passed_on:
+                    _signal(engine, container, signum)
+                    grace.started_by(signum)
+            sys.stderr.write(
+                f"x11passthrough: holding the display until container {container[:12]} exits\n"
+            )
             status, _ = waiter.communicate()
         finally:
             grace.cancel()

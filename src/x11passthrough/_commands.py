@@ -321,7 +321,10 @@ def env_lines(args: DockerRunArgs) -> str:
 
 
 def _doctor(opts: argparse.Namespace, options: dict[str, Any]) -> int:
-    engine = options.get("engine")
-    command = ("podman",) if engine == "podman" else ("docker",)
-    ok = diagnose(options, out=sys.stdout, image=opts.image, engine_command=command, speak=speak)
+    extra = opts.engine_options[1:] if opts.engine_options[:1] == ["--"] else opts.engine_options
+    if extra and opts.image is None:
+        raise ConfigurationError(
+            f"{shlex.join(extra)!r}: options for the probe container need --image IMAGE"
+        )
+    ok = diagnose(options, out=sys.stdout, image=opts.image, engine_options=extra, speak=speak)
     return 0 if ok else 1
