@@ -82,3 +82,49 @@ def test_options_of_the_command_in_the_container_are_not_read() -> None:
 def test_create_is_told_apart() -> None:
     assert Wrapped.parse(["docker", "create", "img"]).create
     assert not Wrapped.parse(["docker", "run", "img"]).create
+
+
+@pytest.mark.parametrize(
+    ("options", "dropped"),
+    [
+        (
+            "-e DISPLAY=:0 -v /tmp/.X11-unix:/tmp/.X11-unix",
+            ["-e DISPLAY=:0", "-v /tmp/.X11-unix:/tmp/.X11-unix"],
+        ),
+        (
+            "--env DISPLAY --volume=/tmp/.X11-unix:/tmp/.X11-unix:ro",
+            ["--env DISPLAY", "--volume=/tmp/.X11-unix:/tmp/.X11-unix:ro"],
+        ),
+        ("-eDISPLAY=:1 --env=XAUTHORITY=/x", ["-eDISPLAY=:1", "--env=XAUTHORITY=/x"]),
+        ("-v /tmp/.X11-unix/X0:/tmp/.X11-unix/X0", ["-v /tmp/.X11-unix/X0:/tmp/.X11-unix/X0"]),
+        (
+            "--mount type=bind,source=/tmp/.X11-unix,target=/tmp/.X11-unix/",
+            ["--mount type=bind,source=/tmp/.X11-unix,target=/tmp/.X11-unix/"],
+        ),
+        ("-e DISPLAYX=1 -v /tmp/.X11-unix:/host-x11 -e A=1", []),
+    ],
+)
+def test_the_usual_recipe_is_dropped(options: str, dropped: list[str]) -> None:
+    """`-e DISPLAY=... -v /tmp/.X11-unix:...` would beat the lent display: dropped, named."""
+    command = ["docker", "run", "--rm", *options.split(), "img", "-e", "DISPLAY=:9"]
+    wrapped = Wrapped.parse(command)
+    assert wrapped.dropped == dropped
+    spliced = wrapped.splice(X)
+    assert spliced[:4] == ["docker", "run", *X]
+    assert spliced[-3:] == ["img", "-e", "DISPLAY=:9"]  # the command in the container keeps it
+    removed = [word for option in dropped for word in option.split()]
+    assert len(spliced) == len(command) + len(X) - len(removed)
+    assert all(word not in spliced[4:-3] for word in removed)
+
+
+def test_a_leftover_in_a_cluster_is_named() -> None:
+    with pytest.raises(X11PassthroughError, match=r"'DISPLAY=:0'.*drop it"):
+        Wrapped.parse(["docker", "run", "-ite", "DISPLAY=:0", "img"])
+
+
+@pytest.mark.parametrize(
+    "command", ["docker compose run app", "docker-compose run --rm app", "podman-compose up"]
+)
+def test_compose_is_pointed_to_args(command: str) -> None:
+    with pytest.raises(X11PassthroughError, match=r"x11passthrough args --format compose"):
+        Wrapped.parse(command.split())
