@@ -233,3 +233,44 @@ def test_the_wheel_alone_installs_and_runs(dists: dict[str, Path], tmp_path: Pat
     ).stdout.splitlines()
     assert shown[0].startswith(str(venv)), "imported from the checkout, not the wheel"
     assert "licenses/LICENSE" in shown[1]
+
+
+def test_the_readme_shows_the_users_path_before_two_set_up_commands() -> None:
+    """Install, doctor, run first; then exactly the two set-up commands (demo, tests)."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(\w+)\n(.*?)```", readme, re.DOTALL)
+    assert [body.strip() for kind, body in blocks if kind == "sh"] == [
+        "bash scripts/demo",
+        "bash scripts/test",
+    ]
+    use = readme.index("## Use")
+    assert use < readme.index("## Set up")
+    path = readme[use : readme.index("## Set up")]
+    for step in ("pip install", "x11passthrough doctor", "x11passthrough run -- docker run"):
+        assert step in path
+    assert "git+https://" in path
+    assert "LICENSE" in readme
+
+
+def test_the_demo_uses_a_working_engine_instead_of_installing_one() -> None:
+    """scripts/demo installs docker.io only when no engine answers (not for a missing package)."""
+    from infra.ci import require
+
+    import shutil
+
+    answers = shutil.which("docker") is not None and (
+        subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=60).returncode
+        == 0
+    )
+    require("a Docker engine that answers `docker info`", answers)
+    listed = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo"), "--packages"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split()
+    assert "xvfb" in listed
+    assert "docker.io" not in listed
