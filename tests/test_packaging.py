@@ -256,9 +256,9 @@ def test_the_readme_shows_the_users_path_before_two_set_up_commands() -> None:
 
 def test_the_demo_uses_a_working_engine_instead_of_installing_one() -> None:
     """scripts/demo installs docker.io only when no engine answers (not for a missing package)."""
-    from infra.ci import require
-
     import shutil
+
+    from infra.ci import require
 
     answers = shutil.which("docker") is not None and (
         subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=60).returncode
