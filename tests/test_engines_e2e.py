@@ -276,9 +276,9 @@ def test_rootless_docker(
 def test_rootless_docker_refuses_tcp_before_the_container_runs(
     them: Them, rootless_docker: RootlessDockerd, x11_image: str
 ) -> None:
-    """Its containers cannot reach docker0: a one-line error naming the fix, exit status 2."""
+    """Its containers cannot reach docker0: a one-line error naming the fix, exit status 125."""
     command = ["docker", "run", "--rm", x11_image, "xdpyinfo"]
     result = them.run(command, "--transport", "tcp", DOCKER_HOST=rootless_docker.url)
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == 125, result.stdout + result.stderr
     assert result.stderr.startswith("x11passthrough: error: --transport tcp with rootless Docker")
     assert "use --transport unix (the default)" in result.stderr

@@ -149,11 +149,12 @@ def _wrap(first: str, text: str, *, indent: str = _INDENT) -> str:
     """Return `text` after `first`, wrapped to :data:`WIDTH` columns, each line ended."""
     lines: list[str] = []
     for number, paragraph in enumerate(text.splitlines() or [""]):
+        lead = " " * (len(paragraph) - len(paragraph.lstrip()))  # a listed item's own indent
         lines += textwrap.wrap(
-            paragraph,
+            paragraph.lstrip(),
             WIDTH,
-            initial_indent=first if number == 0 else indent,
-            subsequent_indent=indent,
+            initial_indent=first if number == 0 else indent + lead,
+            subsequent_indent=indent + lead + ("  " if lead else ""),
             break_long_words=False,
             break_on_hyphens=False,
         ) or [first.rstrip()]
