@@ -24,6 +24,9 @@ source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 exclude_patterns = ["_build"]
 html_theme = "furo"
 html_title = "x11passthrough"
+html_static_path = ["_static"]
+# The wide architecture figure (explanation.md) may use the room beside the text column.
+html_css_files = ["custom.css"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 napoleon_google_docstring = True

@@ -502,3 +502,32 @@ def test_doctor_survives_a_server_that_resets(tmp_path: Path) -> None:
         assert failed == []
     finally:
         server.stop()
+
+
+DOCS = Path(__file__).parents[1] / "docs"
+
+
+def test_the_docs_show_doctor_lines_as_wide_as_it_prints_them() -> None:
+    """Doctor's output in the docs fits 79 columns (a reader's terminal, the page's code block)."""
+    import re
+
+    step = re.compile(r"^(ok|warn|FAIL)  +\w+ +\S")
+    shown = 0
+    for page in sorted(DOCS.rglob("*.md")):
+        in_report = False
+        for line in page.read_text().splitlines():
+            if step.match(line):
+                in_report, shown = True, shown + 1
+            elif not line.startswith(" " * 17):
+                in_report = False
+            if in_report:
+                assert len(line) <= 79 or " " not in line.strip(), f"{page.name}: {line}"
+    assert shown > 40
+
+
+def test_the_docs_index_lists_its_pages_once() -> None:
+    """The index's "Where to start" links the pages; its toctree only feeds the sidebar."""
+    index = (DOCS / "index.md").read_text()
+    toctree = index[index.index("```{toctree}") :]
+    assert ":hidden:" in toctree.split("\n\n")[0]
+    assert "## Where to start" in index

@@ -51,7 +51,7 @@ from .exceptions import X11PassthroughError, X11SetupError
 
 #: The width of the report's lines.
 WIDTH = 79
-_INDENT = " " * 16
+_INDENT = " " * 17  # under the text: "ok    display    " is 17 columns
 #: What an X server that resets between clients does to a connection during the reset: it
 #: closes it, during its setup or while we send it.
 _RESETTING = (
