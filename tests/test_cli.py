@@ -531,3 +531,15 @@ def test_the_docs_index_lists_its_pages_once() -> None:
     toctree = index[index.index("```{toctree}") :]
     assert ":hidden:" in toctree.split("\n\n")[0]
     assert "## Where to start" in index
+
+
+def test_the_diagrams_text_is_legible_in_the_text_column() -> None:
+    """Every figure's smallest text is at least 10 px where the page shows it (46em, 736 px)."""
+    import re
+
+    for svg in sorted((DOCS / "_static").glob("*.svg")):
+        text = svg.read_text()
+        width = float(re.search(r'viewBox="0 0 ([\d.]+) ', text)[1])  # type: ignore[index]
+        smallest = min(float(size) for size in re.findall(r'font-size="([\d.]+)"', text))
+        shown = min(width, 736.0)
+        assert smallest * shown / width >= 10, f"{svg.name}: {smallest * shown / width:.1f} px"
