@@ -3,8 +3,8 @@ The command line's commands: ``run``, ``args`` and ``doctor``, once the options 
 
 Strictly private. Exit status: ``run`` passes the container command's own on (128+N when
 signal N ended it); 125 for our errors (``docker run``'s, as a container's own 2 is common);
-``doctor`` 0 only when a container would get a working
-display, else 1; ``args`` 128+N for the signal that ended it.
+``doctor`` 0 only when a container would get a working display, else 1; ``args`` 128+N for
+the signal that ended it.
 """
 
 from __future__ import annotations
