@@ -282,3 +282,28 @@ def test_rootless_docker_refuses_tcp_before_the_container_runs(
     assert result.returncode == 125, result.stdout + result.stderr
     assert result.stderr.startswith("x11passthrough: error: --transport tcp with rootless Docker")
     assert "use --transport unix (the default)" in result.stderr
+
+
+def test_doctor_finds_a_rootless_podman_and_probes_with_it(
+    them: Them, rootless_podman_image: str
+) -> None:
+    """A rootless Podman user without --engine: doctor asks Podman's socket and runs podman."""
+    directory = them.user.runtime_dir / "podman"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    os.chown(directory, them.user.uid, them.user.gid)
+    service = PodmanService(rootless=True, socket_path=directory / "podman.sock", user=them.user)
+    argv = ["/usr/bin/python3", "-m", "x11passthrough", "--display", them.server.display]
+    argv += ["--xauthority", str(them.authority), "doctor", "--image", rootless_podman_image]
+    try:
+        service.start()
+    except EngineError as e:
+        require("a rootless Podman service", False, str(e))
+        raise
+    try:
+        result = as_them(them.user, them.library, argv)
+    finally:
+        service.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = " ".join(result.stdout.split())
+    assert "ok engine Podman" in report
+    assert "ok container" in report
