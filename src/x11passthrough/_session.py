@@ -3,28 +3,88 @@ The session's files on the host: a private directory and the files the container
 
 Strictly private.
 
-A session directory is named ``x11passthrough-<pid>-<start time>-<random>``: the process that
-made it, by pid and by the kernel's start time of that pid (so a reused pid is not mistaken
-for the owner). A process killed by SIGKILL cannot remove its directory; the next start in the
-same base directory removes every directory of this user whose owner process is gone.
+Design note: no path lookup after the checks can be redirected.
+
+The threat: root writes a session's authority file and binds its relay socket in a directory
+under a base that another user can write (``host_dir``, or the invoking user's
+``$XDG_RUNTIME_DIR`` that ``sudo -E`` keeps). That user renames the fresh session directory and
+puts a symlink to a directory of theirs in its place; every later lookup by path (the socket's
+``bind()``, the authority file's ``open()``, Docker's bind mount) then lands in their directory,
+and the cookie there opens the relay. An inotify watcher as the second local user
+(``tests/infra/swapper.py``) stole the cookie and opened the relay in 113 of 160 starts with
+the path-based code this module replaced; with this one, in none (the base is refused), and
+with the base check bypassed it still got nothing: 11 of 20 swaps landed between ``mkdirat``
+and ``openat`` and were refused, the others came after and redirected nothing.
+
+Two layers stop it:
+
+1. **The base must be safe, and this is checked where it is used.** The base directory is
+   opened once and held (a descriptor); its owner and mode are read from that descriptor. It
+   and every directory above it must belong to root or to the effective user, and none may be
+   writable by group or others without the sticky bit (with it, as on ``/tmp``, others may add
+   names but not rename ours). The real path is then confirmed to name the held directory. In
+   such a chain only root and this user can change what the path names, so the path in
+   :class:`~x11passthrough.DockerRunArgs` stays right for the session's life: Docker resolves
+   it by path, later, in another process (so does a private Xvfb its ``-auth`` file). The
+   rule is OpenSSH's ``StrictModes`` for ``authorized_keys``, with the sticky bit allowed.
+   A named-user ACL entry shows in the group bits, so it is refused too. A default base that
+   fails (``$XDG_RUNTIME_DIR`` of another user) is skipped for the temporary directory; a
+   ``host_dir`` that fails is refused with a
+   :class:`~x11passthrough.exceptions.ConfigurationError` naming it and the fix.
+2. **Inside the base nothing is looked up by path again.** The session directory is made with
+   ``mkdirat`` on the base's descriptor and opened with ``O_NOFOLLOW``; its owner and mode are
+   checked on that descriptor (a symlink fails to open, another user's directory fails the
+   owner check). Files are made with ``openat(O_CREAT | O_EXCL | O_NOFOLLOW)`` and their mode
+   set with ``fchmod``. ``bind()`` takes a path, so the socket is bound at
+   ``/proc/self/fd/N/XM``, N being the descriptor of its directory: the kernel resolves
+   ``/proc/self/fd/N`` to the open directory itself (a "magic link", not a walk of its old
+   path), so no rename anywhere above redirects it. That address is short, too (a UNIX address
+   holds 107 bytes; a deep ``host_dir`` does not matter). ``fchdir`` would do the same but
+   changes the working directory of every thread of the embedding program, so it is not used.
+   Removal walks down descriptors as well and removes the session's name in the base only
+   while that name is still the session's directory.
+
+Either layer alone keeps the cookie from the swap above; only the first also keeps Docker's
+later lookup right, and the second keeps this process's own lookups right should the first be
+wrong (a file system whose modes do not tell who may write). The binding needs ``/proc``; where
+it is not mounted the start fails with a message that says so.
+
+Liveness, for the cleanup of dead sessions: a session directory holds a ``lock`` file that its
+owner keeps locked (``flock``) for the session's life. The kernel drops the lock when the owner
+dies, however it dies, and the lock is seen from every PID namespace that sees the file; pids
+are not (a passthrough in another PID namespace has pids that mean nothing here, and was
+removed as dead while it ran). ``flock``, not ``fcntl`` record locks: those belong to the
+process, so a test by the same process always succeeds, and closing any descriptor of the file
+drops them; an ``flock`` belongs to the open file, so a second open conflicts even in the same
+process. The descriptor is close-on-exec: an Xvfb the session starts does not inherit it (a
+child forked without exec does, and keeps the session alive while it runs, erring on the safe
+side). A start removes every directory of this user in its base whose lock it can take, and
+holds that lock while it removes it, so two starts never remove one directory at once. (On
+NFS, ``flock`` is emulated with record locks; keep the base on a local file system.)
+A directory without a lock file (a process killed between ``mkdir`` and its lock, or an older
+version) is removed only when it is older than a minute and its name's pid and start time
+(``x11passthrough-<pid>-<start time>-<random>``) name no live process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import pwd
 import re
 import secrets
-import shutil
 import signal
 import stat
 import tempfile
+import time
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from .exceptions import X11PassthroughError
+from .exceptions import ConfigurationError, X11PassthroughError
 
 
 logger = logging.getLogger("x11passthrough")
@@ -32,15 +92,15 @@ logger = logging.getLogger("x11passthrough")
 PREFIX = "x11passthrough-"
 _NAME = re.compile(rf"{re.escape(PREFIX)}(?P<pid>[0-9]+)-(?P<start>[0-9]+)-[0-9a-f]+")
 
+#: The file whose ``flock`` the owner holds for the session's life.
+LOCK_NAME = "lock"
+#: How old a session directory without a lock file must be before its pid is asked.
+LOCKLESS_GRACE = 60.0
 
-def base_directory(host_dir: Path | None) -> Path:
-    """Return where session directories go: `host_dir`, else ``$XDG_RUNTIME_DIR``, else /tmp."""
-    if host_dir is not None:
-        return host_dir
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return Path(runtime)
-    return Path(tempfile.gettempdir())
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: How many random names a session directory tries when one is taken.
+_NAME_ATTEMPTS = 16
 
 
 def start_time(pid: int) -> int | None:
@@ -53,62 +113,495 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def remove_stale(base: Path) -> list[Path]:
-    """
-    Remove the session directories in `base` whose owner process is gone.
+def pid_namespace() -> str | None:
+    """Return this process's PID namespace (``pid:[4026531836]``), or None if unknown."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
-    Only directories of this user are touched, and only those whose name says which process
-    made them; a directory of a live process (or of a reused pid started later) is kept.
+
+# -- directories held by descriptor -------------------------------------------------------------
+
+
+class Directory:
+    """
+    A directory held open: what is made in it is made relative to its descriptor.
+
+    Strictly private. `path` is where it was when opened, for messages and for other processes
+    (Docker's mounts); this process never looks it up again.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: Path) -> Directory:
+        """Open `path` (following symlinks: a base's own path may have some) and hold it."""
+        return cls(path, os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+
+    def __repr__(self) -> str:
+        return f"<Directory {self.path} fd={self.fd}>"
+
+    def address(self, name: str) -> str:
+        """
+        Return a path to `name` in this directory that no rename can redirect.
+
+        For system calls that take only a path (``bind()``, ``connect()``):
+        ``/proc/self/fd/N/name``. It is at most 40 bytes, whatever the directory's depth.
+        """
+        if not os.path.isdir(f"/proc/self/fd/{self.fd}"):
+            raise X11PassthroughError(
+                f"cannot reach {self.path / name} through /proc/self/fd: /proc is not mounted "
+                "here; mount it (mount -t proc proc /proc), or pass transport='tcp'"
+            )
+        return f"/proc/self/fd/{self.fd}/{name}"
+
+    def mkdir(self, name: str, mode: int) -> Directory:
+        """
+        Make the directory `name` here with exactly `mode`, and hold it.
+
+        Raises:
+            X11PassthroughError: It cannot be made, or what was opened is not what was made.
+        """
+        path = self.path / name
+        try:
+            os.mkdir(name, 0o700, dir_fd=self.fd)
+            fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=self.fd)
+        except OSError as e:
+            raise X11PassthroughError(f"cannot create {path}: {e.strerror or e}") from e
+        try:
+            _check_made(fd, path)
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return Directory(path, fd)
+
+    def chmod(self, name: str, mode: int) -> None:
+        """Set the mode of `name` here (a name only this user can have made: no symlink)."""
+        os.chmod(name, mode, dir_fd=self.fd)
+
+    def write_file(self, name: str, data: bytes, *, mode: int = 0o600) -> Path:
+        """
+        Create `name` here (it must not exist) holding `data`, with `mode`; return its path.
+
+        Raises:
+            X11PassthroughError: It cannot be written (e.g. the disk is full); no partial file
+                is left behind.
+        """
+        path = self.path / name
+        try:
+            fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=self.fd)
+        except OSError as e:
+            raise X11PassthroughError(
+                f"cannot create {path}: {e.strerror or e}; pass host_dir=... pointing to "
+                "another directory"
+            ) from e
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fchmod(f.fileno(), mode)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self.fd)
+            raise X11PassthroughError(
+                f"cannot write {path}: {e.strerror or e}; free some space there, or pass "
+                "host_dir=... pointing to another directory"
+            ) from e
+        return path
+
+    def open_new(self, name: str) -> BinaryIO:
+        """Create `name` here (0600, it must not exist) and return it open for writing."""
+        try:
+            fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=self.fd)
+        except OSError as e:
+            raise X11PassthroughError(f"cannot create {self.path / name}: {e.strerror}") from e
+        return os.fdopen(fd, "wb")
+
+    def read_bytes(self, name: str) -> bytes:
+        """Return the content of the file `name` here (no symlink is followed)."""
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def close(self) -> None:
+        """Let go of the directory. Idempotent."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def _check_made(fd: int, path: Path) -> None:
+    """Check that `fd`, opened right after this user made `path`, is that directory."""
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise X11PassthroughError(
+            f"{path} is not the private directory just made there (it belongs to uid "
+            f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}): another user can change "
+            f"{path.parent}; pass host_dir=... naming a directory only you can write"
+        )
+
+
+class Session(Directory):
+    """
+    A session directory: private (0700), held, and locked for as long as it exists.
+
+    Strictly private. Made by :func:`create_directory`; :meth:`remove` removes it.
+    """
+
+    def __init__(self, path: Path, fd: int, *, base: Directory, lock: int) -> None:
+        super().__init__(path, fd)
+        self.base = base
+        self._lock = lock
+        self._children: list[Directory] = []
+
+    @classmethod
+    def create_in(cls, base: Directory) -> Session:
+        """
+        Make a session directory in `base` (already checked) and take its lock.
+
+        The session holds a descriptor of `base` of its own, to remove its name there.
+
+        Raises:
+            X11PassthroughError: It cannot be made; the message names the place and the option.
+        """
+        pid = os.getpid()
+        for _ in range(_NAME_ATTEMPTS):
+            name = f"{PREFIX}{pid}-{start_time(pid)}-{secrets.token_hex(4)}"
+            try:
+                os.mkdir(name, 0o700, dir_fd=base.fd)
+                break
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise X11PassthroughError(
+                    f"cannot create a private directory in {base.path}: {e.strerror or e}; pass "
+                    "host_dir=... pointing to a writable directory"
+                ) from e
+        else:
+            raise X11PassthroughError(
+                f"cannot create a private directory in {base.path}: {_NAME_ATTEMPTS} random "
+                "names were all taken; pass host_dir=... pointing to another directory"
+            )
+        path = base.path / name
+        try:
+            fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=base.fd)
+        except OSError as e:
+            raise X11PassthroughError(
+                f"{path} is not the private directory just made there ({e.strerror}): another "
+                f"user can change {base.path}; pass host_dir=... naming a directory only you "
+                "can write"
+            ) from e
+        try:
+            _check_made(fd, path)
+            os.fchmod(fd, 0o700)
+            lock = _take_lock(fd, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                _clear(fd)
+                _remove_name(base.fd, name, os.fstat(fd))
+            os.close(fd)
+            raise
+        return cls(path, fd, base=Directory(base.path, os.dup(base.fd)), lock=lock)
+
+    def mkdir(self, name: str, mode: int) -> Directory:
+        child = super().mkdir(name, mode)
+        self._children.append(child)
+        return child
+
+    def record_process(self, name: str, pid: int) -> None:
+        """Note that the session started `pid` (so a later start can stop it if we die)."""
+        line = f"{pid} {start_time(pid)} {pid_namespace()}\n"
+        self.write_file(f"{name}{PID_FILE_SUFFIX}", line.encode())
+
+    def remove(self) -> None:
+        """Remove the directory and everything in it, then let go of it. Idempotent; no raise."""
+        if self.fd < 0:
+            return
+        try:
+            _clear(self.fd)
+            _remove_name(self.base.fd, self.path.name, os.fstat(self.fd))
+        except OSError as e:
+            logger.warning("cannot remove %s: %s", self.path, e.strerror or e)
+        finally:
+            for child in self._children:
+                child.close()
+            self.close()
+            os.close(self._lock)
+            self.base.close()
+
+
+def _take_lock(fd: int, path: Path) -> int:
+    try:
+        lock = os.open(LOCK_NAME, _NEW_FILE_FLAGS, 0o600, dir_fd=fd)
+    except OSError as e:
+        raise X11PassthroughError(
+            f"cannot create {path / LOCK_NAME}: {e.strerror or e}; pass host_dir=... pointing "
+            "to another directory"
+        ) from e
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(lock)
+        raise X11PassthroughError(
+            f"cannot lock {path / LOCK_NAME}: {e.strerror or e}; the file system of "
+            f"{path.parent} may not support locks: pass host_dir=... on a local one"
+        ) from e
+    return lock
+
+
+def _clear(fd: int) -> None:
+    """Remove everything in the directory `fd`, through descriptors (no symlink is followed)."""
+    for name in os.listdir(fd):
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            continue
+        except IsADirectoryError:
+            try:
+                child = os.open(name, _DIRECTORY_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            try:
+                _clear(child)
+            finally:
+                os.close(child)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(name, dir_fd=fd)
+
+
+def _remove_name(base_fd: int, name: str, info: os.stat_result) -> None:
+    """Remove `name` from the base if it is still the directory `info` describes."""
+    try:
+        now = os.stat(name, dir_fd=base_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(name, dir_fd=base_fd)
+
+
+# -- the base directory -------------------------------------------------------------------------
+
+
+def _who(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _unsafe(info: os.stat_result) -> str | None:
+    """Say why another user could rename entries of the directory `info` describes, or None."""
+    euid = os.geteuid()
+    if info.st_uid not in (0, euid):
+        owner = "root" if euid == 0 else f"you ({_who(euid)}) or root"
+        return f"belongs to {_who(info.st_uid)}, not to {owner}"
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        mode = stat.S_IMODE(info.st_mode)
+        return f"is writable by other users (mode {mode:04o}) and has no sticky bit"
+    return None
+
+
+def _fix(path: Path, problem: str) -> str:
+    if problem.startswith("belongs"):
+        return (
+            "use a directory of your own: pass host_dir=... naming one (e.g. "
+            "mkdir -m 0700 ~/.x11passthrough)"
+        )
+    return (
+        f"make it private (chmod go-w {path}) or give it the sticky bit (chmod +t {path}), or "
+        "pass host_dir=... naming a directory only you can write"
+    )
+
+
+def open_base(path: Path, *, what: str) -> Directory:
+    """
+    Open the base directory `path` and check that no other user can redirect names in it.
+
+    Args:
+        path: The base directory.
+        what: How messages name it (``"host_dir"``, ``"$XDG_RUNTIME_DIR"``).
+
+    Raises:
+        ConfigurationError: Another user could rename the session directory there, or what
+            its path names (see the module's note); the message names the directory and the fix.
+        X11PassthroughError: It cannot be opened (missing, not a directory).
+    """
+    try:
+        base = Directory.open(path)
+    except OSError as e:
+        raise X11PassthroughError(
+            f"cannot create a private directory in {path}: {e.strerror or e}; pass "
+            "host_dir=... pointing to a writable directory"
+        ) from e
+    try:
+        base.path = _checked(base.fd, path, what)
+    except BaseException:
+        base.close()
+        raise
+    return base
+
+
+def _checked(fd: int, path: Path, what: str) -> Path:
+    """Check the base held as `fd` (opened as `path`) and the chain above it; return its path."""
+    real = Path(os.path.realpath(path))
+    held = os.fstat(fd)
+    problem = _unsafe(held)
+    if problem is not None:
+        raise ConfigurationError(
+            f"{what} {real} {problem}: another user could swap the session directory made "
+            f"there for a symlink, and so read its cookie; {_fix(real, problem)}"
+        )
+    for parent in reversed(real.parents):
+        info = os.stat(parent, follow_symlinks=False)
+        problem = _unsafe(info) or (None if stat.S_ISDIR(info.st_mode) else "is not a directory")
+        if problem is not None:
+            raise ConfigurationError(
+                f"{what} {real} lies in {parent}, which {problem}: another user could "
+                f"rename what {real} names; {_fix(parent, problem)}"
+            )
+    named = os.stat(real)
+    if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+        raise ConfigurationError(
+            f"{what} {path} changed while it was checked: another user may be changing it; "
+            "pass host_dir=... naming a directory only you can write"
+        )
+    return real
+
+
+def _default_base() -> Directory:
+    """``$XDG_RUNTIME_DIR`` if it is safe (``sudo -E`` keeps another user's), else the temp dir."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        try:
+            return open_base(Path(runtime), what="$XDG_RUNTIME_DIR")
+        except X11PassthroughError as e:
+            logger.info("not using $XDG_RUNTIME_DIR: %s", e)
+    return open_base(Path(tempfile.gettempdir()), what="the temporary directory")
+
+
+def create_directory(host_dir: Path | None) -> Session:
+    """
+    Create the session's private directory (mode 0700), after removing those of dead sessions.
+
+    The base is `host_dir`, else ``$XDG_RUNTIME_DIR`` (when it is safe), else the system
+    temporary directory.
+
+    Raises:
+        ConfigurationError: Another user can change names in the base (see the module's note).
+        X11PassthroughError: It cannot be created; the message names the place and the option.
+    """
+    base = _default_base() if host_dir is None else open_base(host_dir, what="host_dir")
+    try:
+        remove_stale(base)
+        return Session.create_in(base)
+    finally:
+        base.close()
+
+
+# -- the cleanup of dead sessions ---------------------------------------------------------------
+
+
+#: A file in a session directory naming a process the session started:
+#: ``PID START PIDNAMESPACE``.
+PID_FILE_SUFFIX = ".pid"
+
+
+def remove_stale(base: Directory) -> list[Path]:
+    """
+    Remove the session directories in `base` whose owner is gone (its lock can be taken).
+
+    Only directories of this user are touched; processes they recorded (a private Xvfb) and
+    that still run in this PID namespace are stopped.
 
     Returns:
         The directories removed.
     """
     removed: list[Path] = []
     try:
-        names = os.listdir(base)
+        names = os.listdir(base.fd)
     except OSError:
         return removed
     for name in names:
         match = _NAME.fullmatch(name)
         if match is None:
             continue
-        path = base / name
         try:
-            info = os.lstat(path)
+            fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=base.fd)
         except OSError:
             continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-            continue
-        if start_time(int(match["pid"])) == int(match["start"]):
-            continue
-        _stop_orphans(path)
-        shutil.rmtree(path, ignore_errors=True)
-        logger.info("removed %s, left behind by process %s", path, match["pid"])
-        removed.append(path)
+        try:
+            info = os.fstat(fd)
+            if info.st_uid != os.geteuid():
+                continue
+            lock = _lock_if_dead(fd, info, match)
+            if lock is None:
+                continue
+            try:
+                _stop_orphans(fd)
+                _clear(fd)
+                _remove_name(base.fd, name, info)
+            except OSError as e:
+                logger.warning("cannot remove %s: %s", base.path / name, e.strerror or e)
+                continue
+            finally:
+                if lock >= 0:
+                    os.close(lock)
+        finally:
+            os.close(fd)
+        logger.info("removed %s, left behind by a process that is gone", base.path / name)
+        removed.append(base.path / name)
     return removed
 
 
-#: A file in a session directory naming a process the session started: ``PID START``.
-PID_FILE_SUFFIX = ".pid"
+def _lock_if_dead(fd: int, info: os.stat_result, match: re.Match[str]) -> int | None:
+    """Return None if the session directory `fd` is alive; else its lock, held (-1: none)."""
+    try:
+        lock = os.open(LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except FileNotFoundError:
+        # Being made right now, made by a process killed before it took its lock, or made by
+        # an older version: only the last two are old, and only their pid can tell.
+        if time.time() - info.st_mtime < LOCKLESS_GRACE:
+            return None
+        return None if start_time(int(match["pid"])) == int(match["start"]) else -1
+    except OSError:
+        return None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock)
+        return None
+    return lock
 
 
-def record_process(directory: Path, name: str, pid: int) -> None:
-    """Note in `directory` that the session started `pid` (so a later start can stop it)."""
-    write_file(directory / f"{name}{PID_FILE_SUFFIX}", f"{pid} {start_time(pid)}\n".encode())
-
-
-def _stop_orphans(directory: Path) -> None:
+def _stop_orphans(fd: int) -> None:
     """Terminate the live processes a dead session's pid files name (e.g. its Xvfb)."""
-    for pid_file in directory.glob(f"*{PID_FILE_SUFFIX}"):
+    here = pid_namespace()
+    for name in os.listdir(fd):
+        if not name.endswith(PID_FILE_SUFFIX):
+            continue
         try:
-            pid_text, started = pid_file.read_text().split()
-            pid = int(pid_text)
-        except (OSError, ValueError):
+            opened = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            with os.fdopen(opened) as f:
+                fields = f.read().split()
+            pid, started = int(fields[0]), fields[1]
+        except (OSError, ValueError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] != str(here):
+            # Its pid means another process here; that namespace's init takes its own down.
+            logger.debug("not stopping process %d of another PID namespace", pid)
             continue
         if started != "None" and start_time(pid) == int(started):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
                 logger.info("stopped process %d, left running by a killed session", pid)
+
+
+# -- socket addresses ---------------------------------------------------------------------------
 
 
 #: The longest path a UNIX socket address holds (``sun_path``, with its terminating NUL).
@@ -121,8 +614,7 @@ def socket_address(path: Path) -> Iterator[str]:
     Give a UNIX socket address for `path` that fits ``sun_path``, however deep `path` lies.
 
     A longer path is reached through its directory's descriptor (``/proc/self/fd/N/name``):
-    the kernel resolves it like the path itself, so the socket is bound (or connected) at
-    `path`.
+    the kernel resolves it like the path itself, so the socket is connected at `path`.
     """
     text = str(path)
     if len(os.fsencode(text)) <= MAX_SOCKET_PATH:
@@ -133,58 +625,3 @@ def socket_address(path: Path) -> Iterator[str]:
         yield f"/proc/self/fd/{fd}/{path.name}"
     finally:
         os.close(fd)
-
-
-def create_directory(host_dir: Path | None) -> Path:
-    """
-    Create the session's private directory (mode 0700), after removing stale ones.
-
-    Raises:
-        X11PassthroughError: It cannot be created; the message names the place and the option.
-    """
-    base = base_directory(host_dir)
-    remove_stale(base)
-    pid = os.getpid()
-    name = f"{PREFIX}{pid}-{start_time(pid)}-{secrets.token_hex(4)}"
-    path = base / name
-    try:
-        os.mkdir(path, 0o700)
-    except OSError as e:
-        raise X11PassthroughError(
-            f"cannot create a private directory in {base}: {e.strerror or e}; pass "
-            "host_dir=... pointing to a writable directory"
-        ) from e
-    return path
-
-
-def remove_directory(directory: Path) -> None:
-    """Remove the session directory and everything in it."""
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def write_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """
-    Create `path` (which must not exist) holding `data`, with `mode`.
-
-    Raises:
-        X11PassthroughError: It cannot be written (e.g. the disk is full); no partial file
-            is left behind.
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    except OSError as e:
-        raise X11PassthroughError(
-            f"cannot create {path}: {e.strerror or e}; pass host_dir=... pointing to another "
-            "directory"
-        ) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(path, mode)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise X11PassthroughError(
-            f"cannot write {path}: {e.strerror or e}; free some space there, or pass "
-            "host_dir=... pointing to another directory"
-        ) from e

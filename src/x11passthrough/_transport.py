@@ -269,17 +269,19 @@ def lend(
     # permissions): without a cookie to check there, only the user's own processes may.
     peers = own_uids() if strict is None else None
     listeners = [Listener(sock, strict, peers=peers) for sock in reservation.sockets]
-    directory = _session.create_directory(chosen.host_dir)
-    cleanup.add(f"removing {directory}", lambda: _session.remove_directory(directory))
+    # Held by descriptor from here on: no path below is looked up again (see _session).
+    session = _session.create_directory(chosen.host_dir)
+    cleanup.add(f"removing {session.path}", session.remove)
     socket_path = None
     if unix:
-        socket_path = _listen_privately(directory, number)
-        listeners.append(Listener(_open_listener(socket_path, cleanup), private))
+        sockets = session.mkdir("X11-unix", 0o755)
+        socket_path = sockets.path / f"X{number}"
+        listeners.append(Listener(_open_listener(sockets, socket_path.name, cleanup), private))
     xauthority = None
     if cookie:
-        xauthority = directory / "Xauthority"
         entries = _entries(number, cookie, chosen, container_hostname)
-        _session.write_file(xauthority, dump(entries), mode=0o600 if private_file else 0o644)
+        mode = 0o600 if private_file else 0o644
+        xauthority = session.write_file("Xauthority", dump(entries), mode=mode)
     if unix:
         args = DockerRunArgs(
             display=f":{number}",
@@ -304,28 +306,22 @@ def lend(
     return Lent(number=number, listeners=tuple(listeners), args=args, where=where)
 
 
-def _listen_privately(directory: Path, number: int) -> Path:
-    sockets = directory / "X11-unix"
-    try:
-        sockets.mkdir(mode=0o755)
-    except OSError as e:
-        raise X11PassthroughError(f"cannot create {sockets}: {e.strerror or e}") from e
-    return sockets / f"X{number}"
-
-
-def _open_listener(path: Path, cleanup: Cleanup) -> socket.socket:
-    """Listen on `path`, connectable by any container user (mode 0666)."""
+def _open_listener(directory: _session.Directory, name: str, cleanup: Cleanup) -> socket.socket:
+    """Listen on `name` in `directory`, connectable by any container user (mode 0666)."""
+    path = directory.path / name
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with _session.socket_address(path) as address:
-            sock.bind(address)
+        sock.bind(directory.address(name))
         # Any container user may connect: the socket is reachable only through the mount, in
         # a 0700 directory; the session cookie (or this socket's privacy) guards the rest.
-        os.chmod(path, 0o666)  # noqa: S103 - see above
+        directory.chmod(name, 0o666)
         sock.listen(128)
     except OSError as e:
         sock.close()
         raise X11PassthroughError(f"cannot listen on {path}: {e.strerror or e}") from e
+    except BaseException:
+        sock.close()
+        raise
     cleanup.add(f"closing {path}", sock.close)
     return sock
 

@@ -95,7 +95,7 @@ class Xvfb:
             raise ConfigurationError(f"start_timeout={start_timeout!r} must be above 0")
         self.start_timeout = float(start_timeout)
         self._process: subprocess.Popen[bytes] | None = None
-        self._directory: Path | None = None
+        self._session: _session.Session | None = None
         self._number: int | None = None
         self._cookie = b""
 
@@ -119,8 +119,8 @@ class Xvfb:
     def xauthority(self) -> Path:
         """The authority file holding the server's cookie (for this host's clients)."""
         self.number  # noqa: B018 - raises before start
-        assert self._directory is not None  # noqa: S101 - set together with the number
-        return self._directory / "Xauthority"
+        assert self._session is not None  # noqa: S101 - set together with the number
+        return self._session.path / "Xauthority"
 
     @property
     def pid(self) -> int | None:
@@ -148,28 +148,26 @@ class Xvfb:
                 "install it (Debian, Ubuntu: apt-get install xvfb; Fedora: dnf install "
                 "xorg-x11-server-Xvfb)"
             )
-        directory = _session.create_directory(None)
-        self._directory = directory
+        session = _session.create_directory(None)
+        self._session = session
         try:
             self._cookie = secrets.token_bytes(16)
-            server_auth = directory / "server.xauth"
             # The server loads every cookie in its file, whatever display number it names.
             entry = XauthEntry(Family.WILD, b"", 0, MIT_MAGIC_COOKIE_1, self._cookie)
-            _session.write_file(server_auth, dump([entry]))
-            self._spawn(program, server_auth)
+            server_auth = session.write_file("server.xauth", dump([entry]))
+            self._spawn(session, program, server_auth)
         except BaseException:
             self.close()
             raise
         logger.info("started Xvfb on %s (pid %d)", self.display, self.pid)
         return self
 
-    def _spawn(self, program: str, server_auth: Path) -> None:
+    def _spawn(self, session: _session.Session, program: str, server_auth: Path) -> None:
         read_fd, write_fd = os.pipe()
         argv = [program, "-displayfd", str(write_fd), "-auth", str(server_auth)]
         argv += ["-screen", "0", f"{self.width}x{self.height}x{self.depth}"]
         argv += ["-nolisten", "tcp", "-noreset", *self.extra_args]
-        assert self._directory is not None  # noqa: S101
-        log = (self._directory / "xvfb.log").open("wb")
+        log = session.open_new("xvfb.log")
         try:
             self._process = subprocess.Popen(
                 argv,
@@ -184,7 +182,7 @@ class Xvfb:
         finally:
             os.close(write_fd)
             log.close()
-        _session.record_process(self._directory, "xvfb", self._process.pid)
+        session.record_process("xvfb", self._process.pid)
         deadline = time.monotonic() + self.start_timeout
         try:
             self._number = self._read_number(read_fd, deadline)
@@ -200,13 +198,13 @@ class Xvfb:
                 self._cookie,
             ),
         ]
-        _session.write_file(self._directory / "Xauthority", dump(client))
+        session.write_file("Xauthority", dump(client))
         self._wait_ready(deadline)
 
     def _log_tail(self) -> str:
-        assert self._directory is not None  # noqa: S101
+        assert self._session is not None  # noqa: S101
         try:
-            text = (self._directory / "xvfb.log").read_text(errors="replace")
+            text = self._session.read_bytes("xvfb.log").decode(errors="replace")
         except OSError:
             return ""
         lines = [line for line in text.splitlines() if line.strip()]
@@ -274,9 +272,9 @@ class Xvfb:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        directory, self._directory = self._directory, None
-        if directory is not None:
-            _session.remove_directory(directory)
+        session, self._session = self._session, None
+        if session is not None:
+            session.remove()
         self._number = None
 
     def __enter__(self) -> Xvfb:
