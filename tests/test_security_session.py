@@ -38,6 +38,7 @@ from x11passthrough.exceptions import ConfigurationError, X11PassthroughError
 from x11passthrough.xauth import Xauthority
 
 from infra.ci import require, require_executables
+from infra.cli import cli, display_options
 from infra.processes import wait_until
 from infra.swapper import Swapper, SwapReport
 from infra.users import other_user
@@ -146,7 +147,7 @@ def test_another_user_racing_to_swap_the_session_directory_never_gets_the_cookie
     )
     assert (seen.cookies, seen.opened, seen.files) == (0, 0, [])
     assert (len(refusals), failures) == (STARTS, [])
-    assert f"host_dir {base} " in refusals[0]
+    assert f"host_dir={base} " in refusals[0]
     assert "pass host_dir=..." in refusals[0]
     assert sessions_in(base) == []
     assert relay_threads() == []
@@ -172,11 +173,29 @@ def test_a_base_others_can_change_is_refused_naming_it_and_the_fix(
     finally:
         p.close()
     message = str(info.value)
-    assert message.startswith(f"host_dir {base} {problem}: another user could swap")
+    assert message.startswith(f"host_dir={base} {problem}: another user could swap")
     assert fix in message
     assert "pass host_dir=..." in message
     assert list(base.iterdir()) == []
     assert relay_threads() == []
+
+
+def test_the_command_line_says_it_in_its_own_words(
+    xvfb: XServer, make_base: Callable[[str], Path]
+) -> None:
+    """The message docs/troubleshooting.md quotes, with the flag instead of the keyword."""
+    require("root", os.geteuid() == 0, "run the tests as root")
+    base = make_base("all")
+    done = cli("--host-dir", str(base), *display_options(xvfb), "args")
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"x11passthrough: error: --host-dir {base} is writable by other users (mode 0777) and "
+        "has no sticky bit: another user could swap the session directory made there for a "
+        f"symlink, and so read its cookie; make it private (chmod go-w {base}) or give it the "
+        f"sticky bit (chmod +t {base}), or pass --host-dir ... naming a directory only you can "
+        "write\n"
+    )
+    assert list(base.iterdir()) == []
 
 
 def test_a_base_inside_a_directory_others_can_change_is_refused(
@@ -192,7 +211,7 @@ def test_a_base_inside_a_directory_others_can_change_is_refused(
     finally:
         p.close()
     assert str(info.value).startswith(
-        f"host_dir {base} lies in {base.parent}, which is writable by other users (mode 0777)"
+        f"host_dir={base} lies in {base.parent}, which is writable by other users (mode 0777)"
     )
     assert f"chmod +t {base.parent}" in str(info.value)
     assert list(base.iterdir()) == []
@@ -229,7 +248,7 @@ def test_the_runtime_directory_sudo_keeps_is_skipped_when_another_user_owns_it(
         report = swapper.report()
     assert (report.swaps, report.cookies) == (0, 0)
     assert sorted(p.name for p in theirs.iterdir()) == ["loot-1"]  # only the attacker's own
-    assert f"not using $XDG_RUNTIME_DIR: $XDG_RUNTIME_DIR {theirs} belongs to uid" in caplog.text
+    assert f"not using $XDG_RUNTIME_DIR: {theirs} belongs to uid 2000 (x11pt)" in caplog.text
 
 
 def test_a_swap_of_the_session_directory_redirects_nothing_made_in_it(

@@ -112,6 +112,9 @@ class X11Passthrough:
         host_dir: Where the session's private directory (socket, authority file) is created;
             default: ``$XDG_RUNTIME_DIR``, else the system temporary directory; for Docker
             Desktop ``~/.cache/x11passthrough``, as Desktop shares only paths under ``$HOME``.
+            It and every directory above it must belong to root or you, and none may be
+            writable by others without the sticky bit (``/tmp`` has it); else starting raises
+            ``ConfigurationError``.
         display_range: The display numbers M to choose from, in order; default
             ``x11passthrough.display.DEFAULT_DISPLAY_RANGE`` (50 to 9999, so that
             another user holding the abstract names of 50 to 299 cannot stop a start).

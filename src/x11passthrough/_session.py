@@ -424,7 +424,7 @@ def open_base(path: Path, *, what: str) -> Directory:
 
     Args:
         path: The base directory.
-        what: How messages name it (``"host_dir"``, ``"$XDG_RUNTIME_DIR"``).
+        what: What messages put before its path (``"host_dir="``, or ``""``).
 
     Raises:
         ConfigurationError: Another user could rename the session directory there, or what
@@ -453,7 +453,7 @@ def _checked(fd: int, path: Path, what: str) -> Path:
     problem = _unsafe(held)
     if problem is not None:
         raise ConfigurationError(
-            f"{what} {real} {problem}: another user could swap the session directory made "
+            f"{what}{real} {problem}: another user could swap the session directory made "
             f"there for a symlink, and so read its cookie; {_fix(real, problem)}"
         )
     for parent in reversed(real.parents):
@@ -461,13 +461,13 @@ def _checked(fd: int, path: Path, what: str) -> Path:
         problem = _unsafe(info) or (None if stat.S_ISDIR(info.st_mode) else "is not a directory")
         if problem is not None:
             raise ConfigurationError(
-                f"{what} {real} lies in {parent}, which {problem}: another user could "
-                f"rename what {real} names; {_fix(parent, problem)}"
+                f"{what}{real} lies in {parent}, which {problem}: another user could swap "
+                f"{real} for a symlink to a directory of theirs; {_fix(parent, problem)}"
             )
     named = os.stat(real)
     if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
         raise ConfigurationError(
-            f"{what} {path} changed while it was checked: another user may be changing it; "
+            f"{what}{path} changed while it was checked: another user may be changing it; "
             "pass host_dir=... naming a directory only you can write"
         )
     return real
@@ -478,10 +478,10 @@ def _default_base() -> Directory:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         try:
-            return open_base(Path(runtime), what="$XDG_RUNTIME_DIR")
+            return open_base(Path(runtime), what="")
         except X11PassthroughError as e:
-            logger.info("not using $XDG_RUNTIME_DIR: %s", e)
-    return open_base(Path(tempfile.gettempdir()), what="the temporary directory")
+            logger.info("not using $XDG_RUNTIME_DIR: %s; using the temporary directory", e)
+    return open_base(Path(tempfile.gettempdir()), what="the temporary directory ")
 
 
 def create_directory(host_dir: Path | None) -> Session:
@@ -495,7 +495,7 @@ def create_directory(host_dir: Path | None) -> Session:
         ConfigurationError: Another user can change names in the base (see the module's note).
         X11PassthroughError: It cannot be created; the message names the place and the option.
     """
-    base = _default_base() if host_dir is None else open_base(host_dir, what="host_dir")
+    base = _default_base() if host_dir is None else open_base(host_dir, what="host_dir=")
     try:
         remove_stale(base)
         return Session.create_in(base)
