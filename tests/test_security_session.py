@@ -455,6 +455,38 @@ def test_a_session_directory_is_locked_for_its_life(xvfb: XServer, tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
+CHURN = """
+import sys
+from pathlib import Path
+from x11passthrough import _session
+for _ in range(int(sys.argv[2])):
+    session = _session.create_directory(Path(sys.argv[1]))
+    session.write_file("Xauthority", b"")
+    session.remove()
+print("ok", flush=True)
+"""
+
+
+def test_parallel_starts_never_remove_each_others_new_directory(tmp_path: Path) -> None:
+    """
+    Every start cleans up the base while others are making their directories in it (xdist
+    workers each starting an Xvfb). A lock file seen unlocked for a moment made one start
+    remove another's new directory: ``cannot create .../Xauthority: No such file``.
+    """
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHURN, str(tmp_path), "150"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    outcomes = [process.communicate(timeout=300) for process in processes]
+    assert [(out, err.strip().splitlines()[-1:]) for out, err in outcomes] == [("ok\n", [])] * 6
+    assert list(tmp_path.iterdir()) == []
+
+
 def _lockless(base: Path, pid: int, started: int | None, age: float) -> Path:
     """A session directory as an older version (no lock file) left it, `age` seconds old."""
     path = base / f"x11passthrough-{pid}-{started}-0123abcd"

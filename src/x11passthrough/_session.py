@@ -61,9 +61,11 @@ child forked without exec does, and keeps the session alive while it runs, errin
 side). A start removes every directory of this user in its base whose lock it can take, and
 holds that lock while it removes it, so two starts never remove one directory at once. (On
 NFS, ``flock`` is emulated with record locks; keep the base on a local file system.)
-A directory without a lock file (a process killed between ``mkdir`` and its lock, or an older
-version) is removed only when it is older than a minute and its name's pid and start time
-(``x11passthrough-<pid>-<start time>-<random>``) name no live process.
+The lock file is locked under another name and then renamed to ``lock``: seen unlocked
+for a moment, it made parallel starts (pytest-xdist workers) remove each other's new directory.
+A directory without a lock file (being made; made by a process killed before it took its lock;
+made by an older version) is removed only when it is older than a minute and its name's pid
+and start time (``x11passthrough-<pid>-<start time>-<random>``) name no live process.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ _NAME = re.compile(rf"{re.escape(PREFIX)}(?P<pid>[0-9]+)-(?P<start>[0-9]+)-[0-9a
 
 #: The file whose ``flock`` the owner holds for the session's life.
 LOCK_NAME = "lock"
+#: Its name until it is locked.
+_NEW_LOCK_NAME = "lock.new"
 #: How old a session directory without a lock file must be before its pid is asked.
 LOCKLESS_GRACE = 60.0
 
@@ -335,8 +339,14 @@ class Session(Directory):
 
 
 def _take_lock(fd: int, path: Path) -> int:
+    """
+    Create the session's lock file, locked before it has its name (see the module's note).
+
+    A lock file that is there unlocked, even for a moment, is a dead session's to a cleanup
+    in another process, which would remove the directory being made.
+    """
     try:
-        lock = os.open(LOCK_NAME, _NEW_FILE_FLAGS, 0o600, dir_fd=fd)
+        lock = os.open(_NEW_LOCK_NAME, _NEW_FILE_FLAGS, 0o600, dir_fd=fd)
     except OSError as e:
         raise X11PassthroughError(
             f"cannot create {path / LOCK_NAME}: {e.strerror or e}; pass host_dir=... pointing "
@@ -344,6 +354,7 @@ def _take_lock(fd: int, path: Path) -> int:
         ) from e
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(_NEW_LOCK_NAME, LOCK_NAME, src_dir_fd=fd, dst_dir_fd=fd)
     except OSError as e:
         os.close(lock)
         raise X11PassthroughError(
