@@ -228,6 +228,7 @@ class X11Passthrough:
 
         Raises:
             DisplayError: No display is set, or it cannot be reached.
+            ConfigurationError: Another user could change names in `host_dir` (see its entry).
             XauthorityError: The host's authority file cannot be read.
             NoFreeDisplayError: No display number in `display_range` is free.
             BindError: The relay cannot listen on the bind address.

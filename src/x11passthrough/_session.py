@@ -301,6 +301,10 @@ class Session(Directory):
             ) from e
         try:
             _check_made(fd, path)
+        except BaseException:
+            os.close(fd)  # not ours: touch nothing in it
+            raise
+        try:
             os.fchmod(fd, 0o700)
             lock = _take_lock(fd, path)
         except BaseException:
@@ -451,6 +455,12 @@ def open_base(path: Path, *, what: str) -> Directory:
         ) from e
     try:
         base.path = _checked(base.fd, path, what)
+    except OSError as e:
+        base.close()
+        raise X11PassthroughError(
+            f"cannot check {what}{path}: {e.strerror or e}; pass host_dir=... naming a "
+            "directory only you can write"
+        ) from e
     except BaseException:
         base.close()
         raise
