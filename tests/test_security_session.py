@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -251,14 +252,17 @@ def test_the_runtime_directory_sudo_keeps_is_skipped_when_another_user_owns_it(
     assert f"not using $XDG_RUNTIME_DIR: {theirs} belongs to uid 2000 (x11pt)" in caplog.text
 
 
+@pytest.mark.parametrize("how", ["symlink", "directory"])
 def test_a_swap_of_the_session_directory_redirects_nothing_made_in_it(
-    make_base: Callable[[str], Path],
+    make_base: Callable[[str], Path], how: str
 ) -> None:
     """
     The second layer alone: the base is not checked (as if that check were wrong) and the
-    attacker swaps every session directory. A swap before the directory is opened is seen (a
-    symlink is not followed) and refused; a swap after redirects nothing, as the session is
-    held by descriptor and its socket bound through /proc/self/fd. Nothing lands in theirs.
+    attacker swaps every session directory, for a symlink or a directory of theirs. A swap
+    before the directory is opened is seen (a symlink is not followed, theirs fails the owner
+    check, a name between the two renames is missing) and refused; a swap after redirects
+    nothing, as the session is held by descriptor and its socket bound through /proc/self/fd.
+    Nothing lands in theirs.
     """
     require("root", os.geteuid() == 0, "run the tests as root")
     base = make_base("theirs")
@@ -266,7 +270,7 @@ def test_a_swap_of_the_session_directory_redirects_nothing_made_in_it(
     seen = SwapReport(swaps=0, files=[], cookies=0, opened=0)
     refusals: list[str] = []
     try:
-        with Swapper(base) as swapper:
+        with Swapper(base, how=how) as swapper:
             for _ in range(STARTS):
                 try:
                     session = Session.create_in(held)
@@ -280,13 +284,14 @@ def test_a_swap_of_the_session_directory_redirects_nothing_made_in_it(
                 seen.cookies += report.cookies
     finally:
         held.close()
+    reasons = Counter(r.split("(", 1)[1].split(")", 1)[0] for r in refusals)
     print(
-        f"{seen.swaps} swaps in {STARTS} sessions, {len(refusals)} seen and refused; "
-        f"{len(seen.files)} files landed in theirs"
+        f"{how}: {seen.swaps} swaps in {STARTS} sessions, {len(refusals)} seen and refused "
+        f"({dict(reasons)}); {len(seen.files)} files landed in theirs"
     )
     assert seen.swaps == STARTS  # every session directory was swapped
     assert (seen.files, seen.cookies) == ([], 0)
-    assert all("is not the private directory just made there" in r for r in refusals)
+    assert [r for r in refusals if "is not the private directory just made there" not in r] == []
     moved = [p for p in base.iterdir() if p.name.endswith(".moved")]
     assert len(moved) == STARTS
     assert all(list(p.iterdir()) == [] for p in moved)  # emptied through the descriptor

@@ -12,9 +12,10 @@ puts a symlink to a directory of theirs in its place; every later lookup by path
 ``bind()``, the authority file's ``open()``, Docker's bind mount) then lands in their directory,
 and the cookie there opens the relay. An inotify watcher as the second local user
 (``tests/infra/swapper.py``) stole the cookie and opened the relay in 113 of 160 starts with
-the path-based code this module replaced; with this one, in none (the base is refused), and
-with the base check bypassed it still got nothing: 11 of 20 swaps landed between ``mkdirat``
-and ``openat`` and were refused, the others came after and redirected nothing.
+the path-based code this module replaced; with this one, in none (the base is refused). With
+the base check bypassed it still got nothing: of 20 swaps, 9 to 13 (a symlink) or 14 to 15
+(a directory of theirs) landed between ``mkdirat`` and ``openat`` and were refused, and the
+others came after and redirected nothing.
 
 Two layers stop it:
 

@@ -3,10 +3,10 @@ Another local user who swaps fresh session directories for symlinks to directori
 
 A :class:`Swapper` is a real process of the second local user (:mod:`infra.users`) watching a
 base directory with inotify. The moment a directory named ``x11passthrough-*`` appears, it
-renames it away and puts a symlink to a fresh directory of its own (its "loot") in its place:
-two system calls. Asked to report, it says how many swaps it made, which files the session's
-owner left in its loot, and whether a session cookie found there opened the relay (an X11
-connection setup on the relay's abstract socket, answered "Success").
+renames it away and puts a symlink to a fresh directory of its own (its "loot") in its place,
+or that directory itself: two system calls. Asked to report, it says how many swaps it made,
+which files the session's owner left in its loot, and whether a session cookie found there
+opened the relay (an X11 connection setup on the relay's abstract socket, answered "Success").
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .users import SYSTEM_PYTHON, other_user
 
 _SWAPPER = r"""
 import ctypes, json, os, select, socket, struct, sys
-base = sys.argv[1]
+base, how = sys.argv[1], sys.argv[2]
 libc = ctypes.CDLL("libc.so.6", use_errno=True)
 IN_CREATE, IN_ISDIR = 0x100, 0x40000000
 watch = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -94,7 +94,11 @@ while True:
             path = os.path.join(base, name)
             try:
                 os.rename(path, path + ".moved")
-                os.symlink(loot, path)
+                if how == "symlink":
+                    os.symlink(loot, path)
+                else:
+                    os.rename(loot, path)
+                    loot = path
             except OSError:
                 continue
             swapped.append(loot)
@@ -125,12 +129,14 @@ class Swapper:
     A process of the second local user swapping session directories in `base`.
 
     `base` must be writable by that user (theirs, or writable by all without the sticky bit).
+    `how`: ``"symlink"`` puts a symlink to its loot in the session directory's place,
+    ``"directory"`` its loot directory itself.
     """
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *, how: str = "symlink") -> None:
         user = other_user()
         self._process = subprocess.Popen(
-            [SYSTEM_PYTHON, "-I", "-c", _SWAPPER, str(base)],
+            [SYSTEM_PYTHON, "-I", "-c", _SWAPPER, str(base), how],
             user=user.pw_uid,
             group=user.pw_gid,
             extra_groups=[],
