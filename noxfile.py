@@ -81,7 +81,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks; pass a script's name and its options, e.g. ``nox -s bench -- relay``."""
+    """Benchmarks; pass a script's name and its options, e.g. ``nox -s bench -- apps --quick``."""
     _install(session, "bench")
     names = session.posargs[:1] or [p.stem.removeprefix("bench_") for p in _benchmarks()]
     for name in names:

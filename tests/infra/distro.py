@@ -500,13 +500,15 @@ def _import_tree(rootfs: Path, tag: str, digest: str) -> None:
         raise DistroBuildError(f"docker import exited {imported.returncode}: {output}")
 
 
-def build_distro_image(*, tag: str = DEFAULT_TAG, force: bool = False) -> str:
+def build_distro_image(
+    *, tag: str = DEFAULT_TAG, packages: Sequence[str] = PACKAGES, force: bool = False
+) -> str:
     """
     Build (or reuse) the Debian bookworm app-matrix image.
 
     Steps: ``debootstrap --variant=minbase bookworm`` from this machine's Debian mirror (read
     from apt's sources), this machine's ``bookworm*`` sources as the image's
-    ``sources.list``, ``apt-get install --no-install-recommends`` of :data:`PACKAGES`, the
+    ``sources.list``, ``apt-get install --no-install-recommends`` of `packages`, the
     user ``user`` (uid 1000, group ``user``, home ``/home/user``), neutral ``/etc/hostname``,
     ``/etc/hosts`` and ``/etc/resolv.conf`` (Docker mounts its own), then
     ``tar -C DIR -c . | docker import - TAG`` with the label :data:`INPUTS_LABEL`.
@@ -518,6 +520,8 @@ def build_distro_image(*, tag: str = DEFAULT_TAG, force: bool = False) -> str:
 
     Args:
         tag: The tag to give the image.
+        packages: What to install after debootstrap (the benchmarks add their applications
+            to :data:`PACKAGES`); part of the cache key.
         force: Build even when an image with the same inputs exists.
 
     Returns:
@@ -529,7 +533,7 @@ def build_distro_image(*, tag: str = DEFAULT_TAG, force: bool = False) -> str:
     """
     for tool in ("docker", "debootstrap", "chroot", "tar", "mount", "umount"):
         _find_tool(tool)
-    digest = inputs_digest()
+    digest = inputs_digest(packages)
     with build_lock("distro-build.lock"):
         if not force and reuse_cached(tag, INPUTS_LABEL, digest):
             return tag
@@ -545,8 +549,8 @@ def build_distro_image(*, tag: str = DEFAULT_TAG, force: bool = False) -> str:
             _debootstrap(rootfs, mirror)
             _unmount_all(rootfs)
             _configure_tree(rootfs, sources)
-            logger.info("distro image: installing %d packages", len(PACKAGES))
-            _install_packages(rootfs, PACKAGES)
+            logger.info("distro image: installing %d packages", len(packages))
+            _install_packages(rootfs, packages)
             _unmount_all(rootfs)
             _finish_tree(rootfs)
             logger.info("distro image: importing as %s", tag)
