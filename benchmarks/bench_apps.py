@@ -122,6 +122,9 @@ PATHS: tuple[PathSpec, ...] = (
     PathSpec("socat", "socat TCP-LISTEN, as Briefcase runs it", "socat"),
 )
 REFERENCE = "bare"
+#: The reference of an application that gets nothing done on ``bare`` (mpv stalls there, and
+#: ShmPutImage cannot attach its segment): the same socket with ``--ipc host``.
+FALLBACK_REFERENCE = "bare-ipc-host"
 
 
 @dataclass
@@ -138,6 +141,8 @@ class Sample:
     shm_segments: int
     shm_bytes: int
     load: float
+    #: Why the run gave no rate, when it failed.
+    error: str | None = None
 
 
 @dataclass
@@ -237,21 +242,28 @@ def _make_routes(
         yield Route(spec, container, forwarder, display)
 
 
-def rate_of(app: App, stdout: str, stderr: str, status: int, where: str) -> float | None:
-    """The rate a run printed; None where the client could not run this test (no MIT-SHM)."""
+def rate_of(app: App, stdout: str, stderr: str, status: int) -> float | None:
+    """
+    The rate a run printed; None where the client could not run this test.
+
+    x11perf skips, with no result line, a test the server lacks (ShmPutImage where the client
+    sees no MIT-SHM).
+
+    Raises:
+        BenchError: The client failed (the message holds its output).
+    """
     if app.x11perf:
         times = h.parse_x11perf(stdout)
-        if times and status == 0:
-            return 1000 / times[-1]
-        said = stdout + stderr
-        if "MIT-SHM" in said or "shared memory" in said or "not available" in said:
-            return None  # x11perf skips a test it cannot run: no usable MIT-SHM
-        raise h.BenchError(f"x11perf {app.argv[0]} through {where} failed:\n{stdout}{stderr}")
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if status != 0 or not lines:
-        raise h.BenchError(f"{app.title} through {where} failed ({status}):\n{stdout}{stderr}")
-    rate = json.loads(lines[-1])["rate"]
-    return None if rate is None else float(rate)  # None: the client stalled (mpv_clip.py)
+        if status == 0:
+            return 1000 / times[-1] if times else None
+    else:
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        if status == 0 and lines:
+            result = json.loads(lines[-1])
+            if result.get("error"):
+                raise h.BenchError(str(result["error"]))
+            return float(result["rate"])
+    raise h.BenchError(f"{app.title} exited {status}:\n{stdout}{stderr}".strip())
 
 
 def run_one(
@@ -271,7 +283,11 @@ def run_one(
     wall = time.monotonic() - started
     server_cpu = (server.cpu() - server_before) / wall
     forwarder_cpu = (forwarder.cpu() - before) / wall if forwarder else None
-    rate = rate_of(app, stdout, stderr, status, route.spec.name)
+    error = None
+    try:
+        rate = rate_of(app, stdout, stderr, status)
+    except h.BenchError as exc:  # one failed run is a result too: the others go on
+        rate, error = None, str(exc)
     return Sample(
         name,
         route.spec.name,
@@ -283,6 +299,7 @@ def run_one(
         watch.segments,
         watch.peak_bytes,
         os.getloadavg()[0],
+        error,
     )
 
 
@@ -311,12 +328,20 @@ def run_rounds(
     return samples
 
 
+def reference_of(samples: Sequence[Sample], app: str) -> str:
+    """The path `app` is compared with: ``bare``, or its fallback where bare gave no rate."""
+    if any(s.rate for s in samples if (s.app, s.path) == (app, REFERENCE)):
+        return REFERENCE
+    return FALLBACK_REFERENCE
+
+
 def per_round_ratio(samples: Sequence[Sample], app: str, path: str) -> float | None:
     """The median over rounds of (rate through `path` / rate through the reference)."""
+    reference = reference_of(samples, app)
     ratios = []
     for round_ in sorted({s.round for s in samples}):
         here = [s.rate for s in samples if (s.app, s.path, s.round) == (app, path, round_)]
-        base = [s.rate for s in samples if (s.app, s.path, s.round) == (app, REFERENCE, round_)]
+        base = [s.rate for s in samples if (s.app, s.path, s.round) == (app, reference, round_)]
         if here and base and here[0] is not None and base[0]:
             ratios.append(here[0] / base[0])
     return h.median(ratios)
@@ -337,10 +362,12 @@ def report(
     lines = ["Ratio to bare (median of per-round ratios; higher is faster)", ""]
     rows = []
     for app in apps:
-        base = h.median(
-            [s.rate for s in samples if (s.app, s.path) == (app, REFERENCE) and s.rate]
-        )
-        cells = [APPS[app].title, f"{h.num(base, 1)} {APPS[app].unit}"]
+        reference = reference_of(samples, app)
+        rates = [s.rate for s in samples if (s.app, s.path) == (app, reference) and s.rate]
+        base = f"{h.num(h.median(rates), 1)} {APPS[app].unit}"
+        if reference != REFERENCE:
+            base += f" ({reference}; none on {REFERENCE})"
+        cells = [APPS[app].title, base]
         cells += [h.ratio_text(per_round_ratio(samples, app, p)) for p in specs if p != REFERENCE]
         rows.append(cells)
     header = ["application", "bare", *(p for p in specs if p != REFERENCE)]
@@ -367,6 +394,10 @@ def report(
             )
     header = ["app", "path", "median", "spread", "ratio", "forwarder CPU", "Xvfb CPU", "MIT-SHM"]
     lines += h.markdown(header, rows, left=2)
+    for sample in samples:
+        if sample.error is not None:
+            reason = sample.error.splitlines()[-1][:160]
+            notes.append(f"{sample.app} through {sample.path}, round {sample.round + 1}: {reason}")
     notes.append(h.load_note([s.load for s in samples]))
     lines += ["", *(f"- {note}" for note in notes)]
     return lines

@@ -1,8 +1,8 @@
 """
 Benchmark entering plus leaving X11Passthrough, beside what Briefcase does for the same job.
 
-Run: ``python benchmarks/bench_passthrough.py [--runs N]``. Starts a private Xvfb with cookie
-auth, then times, in one run:
+Run: ``python benchmarks/bench_passthrough.py [--runs N]``. Starts an
+:class:`x11passthrough.Xvfb` (cookie auth), then times, in one run:
 
 - ``x11passthrough``: ``with X11Passthrough(...): pass`` (locate, read the cookie, reserve,
   write the session file, start and stop the relay thread);
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -28,26 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from x11passthrough import X11Passthrough
-
-
-def start_xvfb(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    auth = workdir / "xauth"
-    cookie = secrets.token_hex(16)
-    subprocess.run(
-        ["xauth", "-f", str(auth), "add", ":0", ".", cookie], check=True, capture_output=True
-    )
-    read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-auth", str(auth), "-nolisten", "tcp"],
-        pass_fds=(write_fd,),
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write_fd)
-    with os.fdopen(read_fd) as f:
-        number = f.readline().strip()
-    subprocess.run(["xauth", "-f", str(auth), "add", f":{number}", ".", cookie], check=True)
-    return proc, f":{number}", auth
+from x11passthrough import X11Passthrough, Xvfb
 
 
 def briefcase_like(display: str, xauthority: Path, workdir: Path) -> None:
@@ -95,24 +75,19 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"needs {tool}", file=sys.stderr)
             return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        proc, display, auth = start_xvfb(workdir)
-        try:
+    with tempfile.TemporaryDirectory() as tmp, Xvfb() as xvfb:
+        workdir, display, auth = Path(tmp), xvfb.display, xvfb.xauthority
 
-            def ours() -> None:
-                with X11Passthrough(display, auth, bind=["127.0.0.1"]):
-                    pass
+        def ours() -> None:
+            with X11Passthrough(display, auth, bind=["127.0.0.1"]):
+                pass
 
-            results = {
-                "x11passthrough": measure(ours, runs),
-                "briefcase-like": measure(
-                    lambda: briefcase_like(display, auth, workdir), max(10, runs // 10)
-                ),
-            }
-        finally:
-            proc.terminate()
-            proc.wait()
+        results = {
+            "x11passthrough": measure(ours, runs),
+            "briefcase-like": measure(
+                lambda: briefcase_like(display, auth, workdir), max(10, runs // 10)
+            ),
+        }
     base = statistics.median(results["x11passthrough"])
     print(f"enter + exit, {runs} runs (briefcase-like: {max(10, runs // 10)})")
     print(f"{'':16} {'median ms':>10} {'best':>8} {'worst':>8} {'ratio':>7}")

@@ -42,8 +42,16 @@ def make_clip() -> None:
         return
     partial = CLIP.with_suffix(".part.mkv")
     subprocess.run(
-        ["mpv", "--no-config", "--really-quiet", SOURCE, f"--o={partial}", "--of=matroska"]
-        + ["--ovc=mpeg4", "--ovcopts=qscale=4"],
+        [
+            "mpv",
+            "--no-config",
+            "--really-quiet",
+            SOURCE,
+            f"--o={partial}",
+            "--of=matroska",
+            "--ovc=mpeg4",
+            "--ovcopts=qscale=4",
+        ],
         check=True,
         stdin=subprocess.DEVNULL,
     )
@@ -92,9 +100,18 @@ def main() -> int:
     options = arguments(__doc__ or "")
     make_clip()
     player = subprocess.Popen(
-        ["mpv", "--no-config", "--vo=x11", "--no-audio", "--untimed", "--framedrop=no"]
-        + ["--geometry=640x480", "--msg-level=all=error,statusline=status"]
-        + ["--term-status-msg=BENCH-TIME ${=time-pos}", str(CLIP)],
+        [
+            "mpv",
+            "--no-config",
+            "--vo=x11",
+            "--no-audio",
+            "--untimed",
+            "--framedrop=no",
+            "--geometry=640x480",
+            "--msg-level=all=error,statusline=status",
+            "--term-status-msg=BENCH-TIME ${=time-pos}",
+            str(CLIP),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

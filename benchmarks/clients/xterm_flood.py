@@ -26,7 +26,19 @@ def make_text() -> None:
     """Write the 4 MB file once: numbered lines of varying length and content."""
     if TEXT.exists():
         return
-    words = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod".split()
+    words = [
+        "lorem",
+        "ipsum",
+        "dolor",
+        "sit",
+        "amet",
+        "consectetur",
+        "adipiscing",
+        "elit",
+        "sed",
+        "do",
+        "eiusmod",
+    ]
     lines = []
     for index in range(50_000):
         count = 4 + index % 11
@@ -61,8 +73,17 @@ def main() -> int:
     inner_argv = [sys.executable, os.path.abspath(__file__), "--inner"]
     inner_argv += ["--seconds", str(options.seconds), "--warmup", str(options.warmup)]
     subprocess.run(
-        ["xterm", "-geometry", "100x40", "-fa", "DejaVu Sans Mono", "-fs", "10", "-e"]
-        + inner_argv,
+        [
+            "xterm",
+            "-geometry",
+            "100x40",
+            "-fa",
+            "DejaVu Sans Mono",
+            "-fs",
+            "10",
+            "-e",
+            *inner_argv,
+        ],
         check=True,
         stdin=subprocess.DEVNULL,
     )
