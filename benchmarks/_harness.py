@@ -493,12 +493,19 @@ def split(text: str) -> list[str]:
     return [item.strip().lstrip("-") for item in text.split(",") if item.strip()]
 
 
-def parser_for(doc: str | None) -> argparse.ArgumentParser:
-    """A command line with the options every script has: ``--quick``, ``--rounds``, ``--json``."""
+def parser_for(doc: str | None, *, containers: bool = False) -> argparse.ArgumentParser:
+    """
+    A command line with the options every script has: ``--quick``, ``--rounds``, ``--json``;
+    and ``--cpuset`` for the `containers` benchmarks.
+    """
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (noisier)")
     parser.add_argument("--rounds", type=int, help="rounds over all paths (default 3)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    if containers:
+        parser.add_argument(
+            "--cpuset", help="pin Xvfb, forwarders and containers to these CPUs (e.g. 0)"
+        )
     return parser
 
 

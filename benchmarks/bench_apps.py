@@ -405,13 +405,12 @@ def report(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module's docstring)."""
-    parser = h.parser_for(__doc__)
+    parser = h.parser_for(__doc__, containers=True)
     add = parser.add_argument
     add("--seconds", type=float, help="counting seconds per run (default 5; --quick: 2)")
     add("--warmup", type=float, default=1.0, help="uncounted seconds first (default 1)")
     add("--apps", default=",".join(APPS), help="comma-separated applications")
     add("--paths", default=",".join(p.name for p in PATHS), help="comma-separated paths")
-    add("--cpuset", help="pin Xvfb, forwarders and containers to these CPUs (e.g. 0)")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (2.0 if args.quick else 5.0)

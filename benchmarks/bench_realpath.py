@@ -442,7 +442,7 @@ def concurrent_table(routes: list[Route]) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module's docstring)."""
-    parser = h.parser_for(__doc__)
+    parser = h.parser_for(__doc__, containers=True)
     add = parser.add_argument
     add("--time", type=int, help="seconds per x11perf run (default 2; --quick: 1)")
     add("--socat-time", type=int, default=1, help="seconds per socat-briefcase run (default 1)")
@@ -450,7 +450,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--paths", default=",".join(PATHS), help="comma-separated paths")
     add("--concurrent", default="1,2,4", help="container counts for -getimage500 ('' for none)")
     add("--concurrent-paths", default="direct-unix,relay-unix,relay-tcp", help="paths for it")
-    add("--cpuset", help="pin Xvfb, forwarders and containers to these CPUs (e.g. 0)")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.time = args.time or (1 if args.quick else 2)
