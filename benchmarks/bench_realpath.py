@@ -378,7 +378,9 @@ def cpu_rates(route: Route, test: str) -> tuple[float | None, float | None]:
 def report(routes: list[Route], tests: list[str], notes: list[str]) -> list[str]:
     """The tables, as Markdown lines."""
     reference = next(r for r in routes if r.name == REFERENCE)
-    header = ["path", *(f"{TESTS[t]} ms | ratio" for t in tests)]
+    header = ["path"]
+    for test in tests:
+        header += [f"{TESTS[test]} ms", "ratio"]
     rows, best, cpu = [], [], []
     for route in routes:
         cells, best_cells, cpu_cells = [route.name], [route.name], [route.name]
@@ -386,10 +388,10 @@ def report(routes: list[Route], tests: list[str], notes: list[str]) -> list[str]
             times, base = route.times(test), reference.times(test)
             median, base_median = h.median(times), h.median(base)
             ratio = median / base_median if median is not None and base_median else None
-            cells.append(f"{h.num(median, 4)} | {h.ratio_text(ratio)}")
+            cells += [h.num(median, 4), h.ratio_text(ratio)]
             low = min(times) if times else None
             ratio = low / min(base) if low is not None and base else None
-            best_cells.append(f"{h.num(low, 4)} | {h.ratio_text(ratio)}")
+            best_cells += [h.num(low, 4), h.ratio_text(ratio)]
             forwarder, server = cpu_rates(route, test)
             cpu_cells.append(
                 f"{h.num(forwarder) if route.forwarder else '-'} (Xvfb {h.num(server)})"
@@ -456,7 +458,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.tests = h.chosen(parser, args.tests, TESTS, "test")
     args.paths = h.chosen(parser, args.paths, PATHS, "path", first=REFERENCE)
     args.concurrent = [int(n) for n in h.split(args.concurrent)]
-    args.concurrent_paths = h.chosen(parser, args.concurrent_paths, args.paths, "path")
+    concurrent = h.chosen(parser, args.concurrent_paths, PATHS, "path")
+    args.concurrent_paths = [name for name in concurrent if name in args.paths]
     return args
 
 
