@@ -11,14 +11,10 @@ opened the relay (an X11 connection setup on the relay's abstract socket, answer
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 from dataclasses import dataclass
 from pathlib import Path
 
-from .processes import set_pdeathsig
-from .users import SYSTEM_PYTHON, other_user
+from .users import UserProgram, other_user
 
 
 _SWAPPER = r"""
@@ -124,7 +120,7 @@ class SwapReport:
     opened: int
 
 
-class Swapper:
+class Swapper(UserProgram):
     """
     A process of the second local user swapping session directories in `base`.
 
@@ -134,38 +130,13 @@ class Swapper:
     """
 
     def __init__(self, base: Path, *, how: str = "symlink") -> None:
-        user = other_user()
-        self._process = subprocess.Popen(
-            [SYSTEM_PYTHON, "-I", "-c", _SWAPPER, str(base), how],
-            user=user.pw_uid,
-            group=user.pw_gid,
-            extra_groups=[],
-            env={"PATH": "/usr/bin:/bin", "HOME": user.pw_dir},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd="/",
-            preexec_fn=set_pdeathsig,  # noqa: PLW1509 - only prctl, safe before exec
-        )
-        started = self._line()
-        assert started["uid"] == user.pw_uid
-
-    def _line(self) -> dict[str, object]:
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            assert self._process.stderr is not None
-            raise RuntimeError(f"the swapper stopped: {self._process.stderr.read()}")
-        answer: dict[str, object] = json.loads(line)
-        return answer
+        super().__init__("swapper", _SWAPPER, str(base), how)
+        assert self.started["uid"] == other_user().pw_uid
 
     def report(self) -> SwapReport:
         """Return what it did since the last report."""
-        assert self._process.stdin is not None
-        self._process.stdin.write("report\n")
-        self._process.stdin.flush()
-        answer = self._line()
+        self.tell("report")
+        answer = self.answer()
         files = answer["files"]
         assert isinstance(files, list)
         return SwapReport(
@@ -174,22 +145,3 @@ class Swapper:
             cookies=int(str(answer["cookies"])),
             opened=int(str(answer["opened"])),
         )
-
-    def close(self) -> None:
-        """Stop it (it ends when its input does)."""
-        if self._process.stdin is not None and not self._process.stdin.closed:
-            self._process.stdin.close()
-        try:
-            self._process.wait(10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
-            if stream is not None:
-                stream.close()
-
-    def __enter__(self) -> Swapper:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -15,6 +15,7 @@ import socket
 import subprocess
 
 from dataclasses import dataclass
+from typing import Any, Self
 
 from .ci import require
 from .processes import set_pdeathsig, stop_process
@@ -84,7 +85,84 @@ class Report:
     received: bytes
 
 
-class Squatter:
+class UserProgram:
+    """
+    A Python program (standard library only) run as the second local user, or as this one.
+
+    It speaks JSON, a line at a time, on its standard output; its first line says it started
+    (:attr:`started`). Ended by :meth:`finish` (its input closed, its last line read) or
+    :meth:`close`; a context manager.
+
+    Args:
+        what: Its name in the error raised when it stops without a line.
+        source: The program.
+        args: Its arguments.
+        user: Run as the second local user (True) or as this process's user.
+    """
+
+    def __init__(self, what: str, source: str, *args: str, user: bool = True) -> None:
+        self._what = what
+        options: dict[str, object] = {}
+        if user:
+            entry = other_user()
+            options = {
+                "user": entry.pw_uid,
+                "group": entry.pw_gid,
+                "extra_groups": [],
+                "env": {"PATH": "/usr/bin:/bin", "HOME": entry.pw_dir},
+                "cwd": "/",
+            }
+        self._process = subprocess.Popen(
+            [SYSTEM_PYTHON, "-I", "-c", source, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=set_pdeathsig,  # noqa: PLW1509 - only prctl, safe before exec
+            **options,  # type: ignore[call-overload]
+        )
+        self.started = self.answer()
+
+    def answer(self) -> dict[str, Any]:
+        """Read the program's next line."""
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            assert self._process.stderr is not None
+            raise RuntimeError(f"the {self._what} stopped: {self._process.stderr.read()}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def tell(self, line: str) -> None:
+        """Send the program a line."""
+        assert self._process.stdin is not None
+        self._process.stdin.write(f"{line}\n")
+        self._process.stdin.flush()
+
+    def finish(self) -> dict[str, Any]:
+        """Close the program's input, read its last line, and stop it."""
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        try:
+            return self.answer()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the program if it still runs."""
+        stop_process(self._process)
+        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Squatter(UserProgram):
     """
     A process of another user listening on an X endpoint.
 
@@ -95,55 +173,14 @@ class Squatter:
     """
 
     def __init__(self, kind: str, address: str) -> None:
-        user = other_user()
-        self.uid = user.pw_uid
-        self._process = subprocess.Popen(
-            [SYSTEM_PYTHON, "-I", "-c", _SQUATTER, kind, address],
-            user=user.pw_uid,
-            group=user.pw_gid,
-            extra_groups=[],
-            env={"PATH": "/usr/bin:/bin", "HOME": user.pw_dir},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd="/",
-            preexec_fn=set_pdeathsig,  # noqa: PLW1509 - only prctl, safe before exec
-        )
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            assert self._process.stderr is not None
-            message = f"the squatter did not start: {self._process.stderr.read().decode()}"
-            raise RuntimeError(message)
-        started = json.loads(line)
-        assert started["uid"] == self.uid
+        super().__init__("squatter", _SQUATTER, kind, address)
+        self.uid: int = self.started["uid"]
+        assert self.uid == other_user().pw_uid
 
     def report(self) -> Report:
         """Stop listening and return what was received."""
-        assert self._process.stdin is not None
-        assert self._process.stdout is not None
-        self._process.stdin.close()
-        line = self._process.stdout.readline()
-        stop_process(self._process)
-        self._process.stdout.close()
-        if self._process.stderr is not None:
-            self._process.stderr.close()
-        done = json.loads(line)
+        done = self.finish()
         return Report(done["connections"], bytes.fromhex(done["received"]))
-
-    def close(self) -> None:
-        """Stop the squatter if it still runs."""
-        if self._process.poll() is None:
-            stop_process(self._process)
-        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
-            if stream is not None:
-                stream.close()
-
-    def __enter__(self) -> Squatter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def free_display(start: int = 900) -> int:
@@ -245,7 +282,7 @@ class FloodReport:
     held: int
 
 
-class Flooder:
+class Flooder(UserProgram):
     """
     Processes holding idle connections to an endpoint, reopening each one that is dropped.
 
@@ -265,51 +302,14 @@ class Flooder:
     def __init__(
         self, kind: str, address: str, *, count: int, processes: int = 1, user: bool = True
     ) -> None:
-        options: dict[str, object] = {}
-        if user:
-            entry = other_user()
-            options = {
-                "user": entry.pw_uid,
-                "group": entry.pw_gid,
-                "extra_groups": [],
-                "env": {"PATH": "/usr/bin:/bin", "HOME": entry.pw_dir},
-                "cwd": "/",
-            }
-        self._process = subprocess.Popen(
-            [SYSTEM_PYTHON, "-I", "-c", _FLOODER, kind, address, str(count), str(processes)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            preexec_fn=set_pdeathsig,  # noqa: PLW1509 - only prctl, safe before exec
-            **options,  # type: ignore[call-overload]
-        )
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            assert self._process.stderr is not None
-            raise RuntimeError(f"the flood did not start: {self._process.stderr.read().decode()}")
-        started = json.loads(line)
-        self.uid: int = started["uid"]
-        self.pids: list[int] = started["pids"]
+        super().__init__("flood", _FLOODER, kind, address, str(count), str(processes), user=user)
+        self.uid: int = self.started["uid"]
+        self.pids: list[int] = self.started["pids"]
 
     def report(self) -> FloodReport:
         """Stop flooding and return what the flood did."""
-        assert self._process.stdin is not None
-        assert self._process.stdout is not None
-        self._process.stdin.close()
-        line = self._process.stdout.readline()
-        stop_process(self._process)
-        self.close()
-        done = json.loads(line)
+        done = self.finish()
         return FloodReport(done["opened"], done["held"])
-
-    def close(self) -> None:
-        """Stop the flood if it still runs."""
-        if self._process.poll() is None:
-            stop_process(self._process)
-        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
-            if stream is not None:
-                stream.close()
 
 
 _HOLDER = r"""
@@ -331,7 +331,7 @@ sys.stdin.read()
 """
 
 
-class AbstractHolder:
+class AbstractHolder(UserProgram):
     """
     A process of the second local user holding abstract names ``@<prefix><N>``, N in `numbers`.
 
@@ -340,39 +340,8 @@ class AbstractHolder:
     """
 
     def __init__(self, numbers: range, prefix: str = "/tmp/.X11-unix/X") -> None:
-        entry = other_user()
-        self._process = subprocess.Popen(
-            [SYSTEM_PYTHON, "-I", "-c", _HOLDER, prefix, str(numbers.start), str(numbers.stop)],
-            user=entry.pw_uid,
-            group=entry.pw_gid,
-            extra_groups=[],
-            env={"PATH": "/usr/bin:/bin", "HOME": entry.pw_dir},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd="/",
-            preexec_fn=set_pdeathsig,  # noqa: PLW1509 - only prctl, safe before exec
-        )
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            assert self._process.stderr is not None
-            raise RuntimeError(f"the holder did not start: {self._process.stderr.read().decode()}")
-        started = json.loads(line)
-        self.uid: int = started["uid"]
-        self.pid: int = started["pid"]
-        self.held: list[int] = started["held"]
-
-    def close(self) -> None:
-        """Release the names."""
-        if self._process.poll() is None:
-            stop_process(self._process)
-        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
-            if stream is not None:
-                stream.close()
-
-    def __enter__(self) -> AbstractHolder:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        bounds = (str(numbers.start), str(numbers.stop))
+        super().__init__("holder", _HOLDER, prefix, *bounds)
+        self.uid: int = self.started["uid"]
+        self.pid: int = self.started["pid"]
+        self.held: list[int] = self.started["held"]
