@@ -278,3 +278,39 @@ def test_untrusted_clients_are_told_which_extension_the_server_refused(
     told = [r.getMessage() for r in caplog.records if "GLX" in r.getMessage()]
     assert len(told) == 1, told
     assert "untrusted" in told[0]
+
+
+@pytest.mark.parametrize("request_name", ["XTEST FakeInput", "GrabServer", "GLX QueryVersion"])
+def test_a_big_request_the_server_may_run_twice_closes_the_connection(
+    xvfb: XServer, lent: DockerRunArgs, request_name: str
+) -> None:
+    """
+    A request the server may put back and run again (``ResetCurrentRequest``: a FakeInput
+    with a delay, GrabServer under another client's grab, GLX while GLX clients are blocked)
+    is re-read with a length one word short when it came in big form, so its last word
+    becomes the next request's header. Here that word is ShmQueryVersion's. The relay closes
+    the connection rather than forward such a request; the requests before it were answered.
+    """
+    with connect(None, xvfb.unix_path, xvfb.cookie) as direct:
+        big = query_extension(direct, b"BIG-REQUESTS")[1]
+        shm_major = query_extension(direct, b"MIT-SHM")[1]
+        xtest = query_extension(direct, b"XTEST")[1]
+        glx = query_extension(direct, b"GLX")[1]
+    tail = bytes([shm_major, 0, 1, 0])  # ShmQueryVersion, where the server would look
+    # MotionNotify to (5, 5) after a delay of 1 ms; the event's last word is the tail.
+    event = struct.pack("<BBHIIIIhhhh", 6, 0, 0, 1, 0, 0, 0, 5, 5, 5, 5) + tail
+    major, minor, body = {
+        "XTEST FakeInput": (xtest, 2, event),
+        "GrabServer": (36, 0, b""),
+        "GLX QueryVersion": (glx, 7, struct.pack("<II", 1, 4) + tail),
+    }[request_name]
+    with connect(6000 + number(lent), None, session_cookie(lent)) as relayed:
+        relayed.sendall(struct.pack("<BBH", big, 0, 1) + struct.pack("<BxH", 43, 1))
+        answers = [read_packet(relayed) for _ in range(2)]
+        assert [(p[0], struct.unpack_from("<H", p, 2)[0]) for p in answers] == [(1, 1), (1, 2)]
+        relayed.sendall(
+            struct.pack("<BBHI", major, minor, 0, 2 + len(body) // 4)
+            + body
+            + struct.pack("<BxH", 43, 1)  # GetInputFocus
+        )
+        assert relayed.recv(32) == b"", "the relay forwarded a big request the server may rerun"

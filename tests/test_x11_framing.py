@@ -40,7 +40,20 @@ GET_INPUT_FOCUS = 43
 GET_ATOM_NAME = 17
 LIST_EXTENSIONS = 99
 QUERY_EXTENSION = 98
+GRAB_SERVER = 36
+UNGRAB_SERVER = 37
 BAD_REQUEST = 1
+#: Names a QueryExtension must not find: the hidden ones, and near misses the server
+#: compares exactly (case, a NUL inside the length, a longer name, an unknown alias).
+NOT_FOUND = (
+    b"MIT-SHM",
+    b"DRI3",
+    b"mit-shm",
+    b"MIT-SHM\0",
+    b"MIT-SHMX",
+    b"XFree86-MIT-SHM",
+    b"dri3",
+)
 
 
 @attrs.frozen
@@ -53,6 +66,8 @@ class Server:
     big: int
     allowed: tuple[int, ...]
     unknown: tuple[int, ...]
+    #: Majors the server may execute twice (GrabServer, XTEST, GLX): closed in big form.
+    reexecuted: tuple[int, ...]
 
 
 @attrs.define
@@ -84,7 +99,9 @@ def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[XServer,
         big = found.majors[BIG_REQUESTS]
         allowed = tuple(sorted(set(found.majors.values()) - {shm, big}))
         unknown = tuple(m for m in range(128, 256) if m not in found.majors.values())
-        yield xvfb, Server(found, hidden, shm, big, allowed, unknown)
+        reexecuted = tuple(sorted(hidden.reexecuted))
+        assert {GRAB_SERVER, found.majors[b"XTEST"]} <= set(reexecuted)
+        yield xvfb, Server(found, hidden, shm, big, allowed, unknown, reexecuted)
     finally:
         xvfb.stop()
 
@@ -152,10 +169,10 @@ def generate(rng: random.Random, writer: Writer, server: Server) -> None:  # noq
         elif kind < 0.21:
             writer.request(GET_ATOM_NAME, 0, struct.pack(writer.fmt + "I", rng.randrange(1, 80)))
         elif kind < 0.33:
-            name = rng.choice([b"MIT-SHM", b"DRI3", b"RANDR", b"MIT-SHN", b"XKEYBOARD", b"SHM"])
+            name = rng.choice([*NOT_FOUND, b"RANDR", b"MIT-SHN", b"XKEYBOARD", b"SHM"])
             extra = rng.choice([0, 0, 0, 1])
             sequence = writer.query(name, big=big and rng.random() < 0.5, extra=extra)
-            if name == b"MIT-SHM" and not extra:
+            if name in NOT_FOUND and not extra:
                 made.absent.add(sequence)
         elif kind < 0.43:
             if big:
@@ -194,9 +211,19 @@ def generate(rng: random.Random, writer: Writer, server: Server) -> None:  # noq
         elif kind < 0.905 and big:
             # A large big request: 256 KB or more, beyond any 16-bit length.
             writer.big_request(NO_OPERATION, 0, bytes(4 * rng.randint(65536, 66000)))
+        elif kind < 0.91:
+            # A grab and its release in 16-bit form: the server reads nothing differently.
+            writer.request(GRAB_SERVER, 0, b"")
+            writer.request(UNGRAB_SERVER, 0, b"")
         elif kind < 0.93 and big:
-            words = rng.choice([0, 1, server.extensions.max_request + 1, 0x40000001])
-            made.data += struct.pack(writer.fmt + "BBHI", NO_OPERATION, 0, 0, words)
+            if rng.random() < 0.5:
+                words = rng.choice([0, 1, server.extensions.max_request + 1, 0x40000001])
+                made.data += struct.pack(writer.fmt + "BBHI", NO_OPERATION, 0, 0, words)
+            else:
+                # A request the server may run twice, in big form: it would re-read it 4
+                # bytes short (ResetCurrentRequest), so the filter closes.
+                major = rng.choice(server.reexecuted)
+                writer.big_request(major, rng.randrange(8), rng.randbytes(4 * rng.randint(0, 9)))
             made.closes = True
             return
 

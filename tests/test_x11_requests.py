@@ -283,3 +283,18 @@ def test_queries_for_refused_extensions_are_reported() -> None:
     out = bytes(request_filter.feed(bytearray(stream)))
     assert asked == [b"GLX", b"MIT-SHM"]
     assert out == hide_name(stream, b"MIT-SHM")
+
+
+@pytest.mark.parametrize("order", [b"l", b"B"])
+def test_a_big_grab_server_closes_and_a_short_one_passes(order: bytes) -> None:
+    """The server may run GrabServer twice and re-read a big one a word short: fail closed."""
+    enable = request(order, BIGREQ_MAJOR, 0, b"")
+    short = request(order, 36, 0, b"")
+    request_filter = RequestFilter(HIDDEN)
+    stream = setup(order) + enable + short
+    assert bytes(request_filter.feed(bytearray(stream))) == stream
+    assert request_filter.problem is None
+    assert request_filter.requests == 2
+    request_filter.feed(bytearray(request(order, 36, 0, b"", big=True)))
+    assert request_filter.problem is not None
+    assert "execute twice" in request_filter.problem

@@ -21,7 +21,15 @@ from collections.abc import Mapping
 import attrs
 
 from ..exceptions import X11SetupError
-from .requests import BIG_REQUESTS, HIDDEN_EXTENSIONS, LIST_EXTENSIONS, QUERY_EXTENSION, Hidden
+from .requests import (
+    BIG_REQUESTS,
+    GRAB_SERVER,
+    HIDDEN_EXTENSIONS,
+    LIST_EXTENSIONS,
+    QUERY_EXTENSION,
+    REEXECUTED,
+    Hidden,
+)
 
 
 _REPLY = 1
@@ -61,6 +69,9 @@ class ServerExtensions:
             extensions=frozenset(self.majors.values()),
             max_request=self.max_request if big is not None else 0,
             refused={**(refused or {}), **reasons},
+            reexecuted=frozenset(
+                {GRAB_SERVER, *(m for n, m in self.majors.items() if n in REEXECUTED)}
+            ),
         )
 
 

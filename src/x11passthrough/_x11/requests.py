@@ -41,8 +41,23 @@ filter's count, over thousands of random and adversarial streams:
   not, the enable's major is treated as unknown (below), so the server never enables it.
 * Where the server would frame differently from any rule the relay can mirror safely, the
   filter sets :attr:`RequestFilter.problem` and the relay closes the connection (fail closed):
-  a big length of 0 or 1 (the server then re-reads its own header: undefined), and a big
-  length over the server's maximum (learned from ``BigReqEnable``'s reply). The server would
+  a big length of 0 or 1 (the server then re-reads its own header: undefined), a big
+  length over the server's maximum (learned from ``BigReqEnable``'s reply), and a big request
+  the server may *execute twice* (below).
+* Re-executed requests. A few handlers put their request back to run it again later
+  (``ResetCurrentRequest`` in ``os/io.c``): ``GrabServer`` while another client holds the grab,
+  ``XTEST`` ``FakeInput`` with a delay, every ``GLX`` request while the server blocks GLX
+  clients (a VT switch), ``DRI2`` requests throttled to the swap limit. For a big request it
+  rebuilds the 8-byte header with the length the handler saw, which no longer counts the
+  header's extra word: the server reads the request again 4 bytes short, and its last word
+  as the next request's header (or its own header as a big request whose length is the
+  client's next word). A container would choose that word: a ``FakeInput`` with a delay in big
+  form, whose event ends in ``MIT-SHM``'s major, runs a hidden request the filter saw as event
+  data (servers whose ``FakeInput`` reads the length as ``req_len``, as X11Libre's does;
+  Xorg 21's reads the 16-bit field, 0, and answers BadLength). So the filter closes the
+  connection on a big request of ``GrabServer`` or of ``XTEST``, ``GLX`` or ``DRI2``
+  (:attr:`Hidden.reexecuted`). No client sends one: libxcb and Xlib use the big form only
+  for requests over 65535 words, and none of these requests is that long. The server would
   skip an over-maximum request with BadLength, but older servers compute its size as a 32-bit
   byte count that wraps above 2**30 words, and newer ones close the connection above 2**29
   words: not worth mirroring, as no real client sends one (libxcb checks the maximum first).
@@ -96,6 +111,11 @@ LIST_EXTENSIONS = 99
 BAD_REQUEST_OPCODE = 0
 #: The first extension major opcode.
 FIRST_EXTENSION_MAJOR = 128
+#: Core opcode of GrabServer (re-executed while another client holds the grab).
+GRAB_SERVER = 36
+#: Extensions with requests the X server may execute twice (``ResetCurrentRequest``), which
+#: it then frames 4 bytes short when they came in big form.
+REEXECUTED = frozenset({b"XTEST", b"GLX", b"DRI2"})
 
 _SETUP_PREFIX = 12
 _HEADER = 4
@@ -125,6 +145,9 @@ class Hidden:
             ``BigReqEnable``'s reply; 0 without BIG-REQUESTS).
         refused: Extension names to report when a client asks for one, with why it does not
             get it (the hidden ones and, in ``untrusted`` mode, those the server refuses).
+        reexecuted: Major opcodes whose requests the server may run twice, and would then
+            read 4 bytes short in big form (``GrabServer`` and those of :data:`REEXECUTED`):
+            such a request in big form closes the connection.
     """
 
     names: frozenset[bytes]
@@ -133,6 +156,7 @@ class Hidden:
     extensions: frozenset[int] = frozenset()
     max_request: int = 0
     refused: Mapping[bytes, str] = attrs.field(factory=dict)
+    reexecuted: frozenset[int] = frozenset({GRAB_SERVER})
 
     @property
     def name_lengths(self) -> frozenset[int]:
@@ -152,6 +176,13 @@ class Hidden:
             table[self.big_requests] = _ENABLE if self.max_request else _BLOCK
         return bytes(table)
 
+    def big_refused(self) -> bytes:
+        """Return, per major opcode, whether a big request of it closes the connection."""
+        table = bytearray(256)
+        for major in self.reexecuted:
+            table[major] = 1
+        return bytes(table)
+
 
 class RequestFilter:
     """
@@ -166,6 +197,7 @@ class RequestFilter:
         "_actions",
         "_big",
         "_big_len",
+        "_big_refused",
         "_carry",
         "_hi",
         "_lengths",
@@ -196,6 +228,7 @@ class RequestFilter:
         self._refused = frozenset(hidden.refused)
         self._lengths = hidden.name_lengths
         self._actions = hidden.actions()
+        self._big_refused = hidden.big_refused()
         self._max = hidden.max_request
         self._on_query = on_query
         self._big = False
@@ -272,10 +305,10 @@ class RequestFilter:
                 if size - pos < _BIG_HEADER:
                     break
                 (words,) = self._big_len(data, pos + _HEADER)
-                if words < 2 or words > self._max:
+                if words < 2 or words > self._max or self._big_refused[major]:
                     self.requests = count
                     self._big = big
-                    return self._fail(words)
+                    return self._fail(words, major)
                 length = words << 2
                 if action == _BLOCK:
                     data[pos] = BAD_REQUEST_OPCODE
@@ -302,8 +335,13 @@ class RequestFilter:
         self._skip = pos - size
         return data
 
-    def _fail(self, words: int) -> memoryview | bytearray:
-        if words < 2:
+    def _fail(self, words: int, major: int) -> memoryview | bytearray:
+        if self._big_refused[major] and 2 <= words <= self._max:
+            self.problem = (
+                f"the client sent a request of major opcode {major} in big-request form, which "
+                "the X server may execute twice and then frame 4 bytes short; connection closed"
+            )
+        elif words < 2:
             self.problem = (
                 f"the client sent a big request of {words} words, which the X server cannot "
                 "frame; connection closed"
