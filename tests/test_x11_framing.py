@@ -2,12 +2,15 @@
 The request filter frames a client's stream exactly as a real X server does (issue 17).
 
 A differential test: random and adversarial request streams (malformed ``BigReqEnable``,
-length-0 requests, big and oversized lengths, hidden and unknown extension majors, both byte
-orders, cut anywhere across reads, pipelined) go through :class:`RequestFilter` to a real
-Xvfb. Every request takes a sequence number on the server, so the reply to a final
-``GetInputFocus`` carries the number of requests the *server* counted; it must be the
-filter's count. The server's answers also show that no request of a hidden extension ran:
-each is a BadRequest for major 0, never a reply or an error naming MIT-SHM's major.
+length-0 requests, big and oversized lengths, hidden and unknown extension majors, the four
+byte orders ``l``/``B``/``r``/``R``, ``QueryExtension`` of near-miss names (other case, a NUL
+inside the length, a longer name, an alias no server registers), ``GrabServer`` pairs, big
+requests the server may run twice, cut anywhere across reads, pipelined) go through
+:class:`RequestFilter` to a real Xvfb. Every request takes a sequence number on the server,
+so the reply to a final ``GetInputFocus`` carries the number of requests the *server*
+counted; it must be the filter's count. The server's answers also show that no request of a
+hidden extension ran: each is a BadRequest for major 0, never a reply or an error naming
+MIT-SHM's major.
 
 The number of streams is ``X11P_FRAMING_STREAMS`` (default 3000, about 15 s here); the seed is
 ``X11P_FRAMING_SEED`` (default: random, printed on failure), so a failure can be replayed.
@@ -110,7 +113,7 @@ class Writer:
     """Encode requests in one byte order, and count them as the server will."""
 
     def __init__(self, order: bytes, made: Made) -> None:
-        self.fmt = ">" if order == b"B" else "<"
+        self.fmt = ">" if order in b"BR" else "<"
         self.made = made
         self.big = False
 
@@ -142,7 +145,7 @@ class Writer:
 
 
 def setup_request(order: bytes, cookie: bytes) -> bytes:
-    fmt = ">" if order == b"B" else "<"
+    fmt = ">" if order in b"BR" else "<"
     head = order + b"\0" + struct.pack(fmt + "HHHHxx", 11, 0, len(COOKIE_NAME), len(cookie))
     return head + COOKIE_NAME + b"\0" * (-len(COOKIE_NAME) % 4) + cookie
 
@@ -256,7 +259,8 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 def run_stream(xvfb: XServer, server: Server, rng: random.Random, index: int) -> None:
-    order = rng.choice([b"l", b"B"])
+    # r and R: the byte orders of a client the server marks not local; framed alike.
+    order = rng.choice([b"l", b"B", b"l", b"B", b"r", b"R"])
     made = Made()
     writer = Writer(order, made)
     generate(rng, writer, server)

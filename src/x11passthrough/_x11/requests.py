@@ -83,7 +83,9 @@ Cost: ``feed`` reads two bytes per request with no call and looks the major up i
 table, so only ``QueryExtension`` and ``BigReqEnable`` take a slower path. Measured (best of 25
 runs of 64 KiB of pipelined 16-byte requests, CPython 3.11, the shared 2-core VM): 108 MB/s
 (6.7 M requests/s), against 68 MB/s for the filter it replaced; a 64 KiB request costs one
-header read either way.
+header read either way. The check for re-executed majors is one more table read on the big
+path only: 16-byte requests in big form (which no client sends) 62 -> 58 MB/s, small ones
+unchanged (110 MB/s).
 """
 
 from __future__ import annotations
@@ -281,6 +283,7 @@ class RequestFilter:
                 return data[:pos]
             pos += self._setup_size(data, pos)
         actions = self._actions
+        big_refused = self._big_refused
         lo = self._lo
         hi = self._hi
         big = self._big
@@ -305,7 +308,7 @@ class RequestFilter:
                 if size - pos < _BIG_HEADER:
                     break
                 (words,) = self._big_len(data, pos + _HEADER)
-                if words < 2 or words > self._max or self._big_refused[major]:
+                if words < 2 or words > self._max or big_refused[major]:
                     self.requests = count
                     self._big = big
                     return self._fail(words, major)
