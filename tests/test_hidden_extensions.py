@@ -314,3 +314,28 @@ def test_a_big_request_the_server_may_run_twice_closes_the_connection(
             + struct.pack("<BxH", 43, 1)  # GetInputFocus
         )
         assert relayed.recv(32) == b"", "the relay forwarded a big request the server may rerun"
+
+
+def test_xvideo_shm_put_image_never_reaches_the_server(xvfb: XServer, lent: DockerRunArgs) -> None:
+    """
+    XvShmPutImage reads from any client's attached MIT-SHM segment (the server looks the XID
+    up as itself), so a container could read what host clients share with the server without
+    an MIT-SHM request: it gets BadRequest for major 0; XVideo's other requests still work.
+    """
+    with connect(None, xvfb.unix_path, xvfb.cookie) as direct:
+        present, xv = query_extension(direct, b"XVideo")
+        assert present
+    put = struct.pack("<BBHIIIIII", xv, 19, 13, 0x40, 0x200, 0x300, 0x00600001, 0x32595559, 0)
+    put += struct.pack("<hhHHhhHHHHBxxx", 0, 0, 8, 8, 0, 0, 8, 8, 8, 8, 0)
+    assert len(put) == 52
+    with connect(6000 + number(lent), None, session_cookie(lent)) as relayed:
+        relayed.sendall(
+            struct.pack("<BBH", xv, 0, 1)  # XvQueryExtension
+            + put
+            + struct.pack("<BxH", 43, 1)  # GetInputFocus
+        )
+        answers = [read_packet(relayed) for _ in range(3)]
+    assert [struct.unpack_from("<H", p, 2)[0] for p in answers] == [1, 2, 3]
+    assert answers[0][0] == 1  # XVideo answers its version
+    assert (answers[1][0], answers[1][1], answers[1][10]) == (0, 1, 0), answers[1].hex()
+    assert answers[2][0] == 1

@@ -4,10 +4,10 @@ The request filter frames a client's stream exactly as a real X server does (iss
 A differential test: random and adversarial request streams (malformed ``BigReqEnable``,
 length-0 requests, big and oversized lengths, hidden and unknown extension majors, the four
 byte orders ``l``/``B``/``r``/``R``, ``QueryExtension`` of near-miss names (other case, a NUL
-inside the length, a longer name, an alias no server registers), ``GrabServer`` pairs, big
-requests the server may run twice, cut anywhere across reads, pipelined) go through
-:class:`RequestFilter` to a real Xvfb. Every request takes a sequence number on the server,
-so the reply to a final ``GetInputFocus`` carries the number of requests the *server*
+inside the length, a longer name, an alias no server registers), ``GrabServer`` pairs,
+``XvShmPutImage``, big requests the server may run twice, cut anywhere across reads, pipelined)
+go through :class:`RequestFilter` to a real Xvfb. Every request takes a sequence number on the
+server, so the reply to a final ``GetInputFocus`` carries the number of requests the *server*
 counted; it must be the filter's count. The server's answers also show that no request of a
 hidden extension ran: each is a BadRequest for major 0, never a reply or an error naming
 MIT-SHM's major.
@@ -71,6 +71,8 @@ class Server:
     unknown: tuple[int, ...]
     #: Majors the server may execute twice (GrabServer, XTEST, GLX): closed in big form.
     reexecuted: tuple[int, ...]
+    #: XVideo's major: its ShmPutImage (minor 19) reads MIT-SHM segments, so it is refused.
+    xv: int
 
 
 @attrs.define
@@ -104,7 +106,8 @@ def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[XServer,
         unknown = tuple(m for m in range(128, 256) if m not in found.majors.values())
         reexecuted = tuple(sorted(hidden.reexecuted))
         assert {GRAB_SERVER, found.majors[b"XTEST"]} <= set(reexecuted)
-        yield xvfb, Server(found, hidden, shm, big, allowed, unknown, reexecuted)
+        xv = found.majors[b"XVideo"]
+        yield xvfb, Server(found, hidden, shm, big, allowed, unknown, reexecuted, xv)
     finally:
         xvfb.stop()
 
@@ -214,6 +217,14 @@ def generate(rng: random.Random, writer: Writer, server: Server) -> None:  # noq
         elif kind < 0.905 and big:
             # A large big request: 256 KB or more, beyond any 16-bit length.
             writer.big_request(NO_OPERATION, 0, bytes(4 * rng.randint(65536, 66000)))
+        elif kind < 0.907:
+            # XvShmPutImage (any length, big or not) is refused; XvQueryExtension answered.
+            body = rng.randbytes(4 * rng.choice([12, 12, rng.randint(0, 14)]))
+            if big and rng.random() < 0.3:
+                made.refused.add(writer.big_request(server.xv, 19, body))
+            else:
+                made.refused.add(writer.request(server.xv, 19, body))
+            writer.request(server.xv, 0, b"")
         elif kind < 0.91:
             # A grab and its release in 16-bit form: the server reads nothing differently.
             writer.request(GRAB_SERVER, 0, b"")

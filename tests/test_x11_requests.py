@@ -23,6 +23,8 @@ from x11passthrough._x11.requests import Hidden, RequestFilter
 SHM_MAJOR = 130
 DRI3_MAJOR = 149
 BIGREQ_MAJOR = 133
+XV_MAJOR = 150  # XVideo: its ShmPutImage (minor 19) reads MIT-SHM segments
+XV_SHM_PUT_IMAGE = 19
 OTHER_MAJORS = frozenset(range(128, 160)) - {SHM_MAJOR, DRI3_MAJOR, BIGREQ_MAJOR}
 HIDDEN = Hidden(
     names=frozenset({b"MIT-SHM", b"DRI3"}),
@@ -30,6 +32,7 @@ HIDDEN = Hidden(
     big_requests=BIGREQ_MAJOR,
     extensions=OTHER_MAJORS | {SHM_MAJOR, DRI3_MAJOR, BIGREQ_MAJOR},
     max_request=4194303,
+    minors={XV_MAJOR: frozenset({XV_SHM_PUT_IMAGE})},
 )
 
 
@@ -78,7 +81,17 @@ def run(stream: bytes, cuts: list[int]) -> tuple[bytes, RequestFilter]:
     return out, request_filter
 
 
-KINDS = ["plain", "unknown", "query", "hidden-query", "shm", "dri3", "bigreq", "bad-enable"]
+KINDS = [
+    "plain",
+    "unknown",
+    "query",
+    "hidden-query",
+    "shm",
+    "dri3",
+    "bigreq",
+    "bad-enable",
+    "xv-shm",
+]
 
 
 @st.composite
@@ -94,8 +107,18 @@ def requests(draw: st.DrawFn, order: bytes) -> list[Request]:
             )
             major = draw(majors)
             body = draw(st.binary(max_size=40))
-            data = request(order, major, draw(st.integers(0, 255)), body, big=as_big)
-            made.append(Request(data, data))
+            minor = draw(st.integers(0, 255))
+            # GrabServer in big form closes the connection (the server may run it twice).
+            data = request(
+                order, major, minor, body, big=as_big and major not in HIDDEN.reexecuted
+            )
+            blocked = major == XV_MAJOR and minor == XV_SHM_PUT_IMAGE
+            made.append(Request(data, b"\0" + data[1:] if blocked else data))
+        elif kind == "xv-shm":
+            data = request(
+                order, XV_MAJOR, XV_SHM_PUT_IMAGE, draw(st.binary(max_size=52)), big=as_big
+            )
+            made.append(Request(data, b"\0" + data[1:]))
         elif kind == "unknown":
             major = draw(st.integers(160, 255))
             data = request(order, major, draw(st.integers(0, 255)), b"", big=as_big)

@@ -25,6 +25,7 @@ from .requests import (
     BIG_REQUESTS,
     GRAB_SERVER,
     HIDDEN_EXTENSIONS,
+    HIDDEN_REQUESTS,
     LIST_EXTENSIONS,
     QUERY_EXTENSION,
     REEXECUTED,
@@ -69,6 +70,7 @@ class ServerExtensions:
             extensions=frozenset(self.majors.values()),
             max_request=self.max_request if big is not None else 0,
             refused={**(refused or {}), **reasons},
+            minors={m: HIDDEN_REQUESTS[n] for n, m in self.majors.items() if n in HIDDEN_REQUESTS},
             reexecuted=frozenset(
                 {GRAB_SERVER, *(m for n, m in self.majors.items() if n in REEXECUTED)}
             ),

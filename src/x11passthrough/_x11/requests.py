@@ -71,6 +71,12 @@ server frames it by its length as before, answers BadRequest with its sequence n
 client's numbering stays right (closing instead would end clients that probe an opcode, e.g.
 a stale one after a server restart, which BadRequest answers as the server itself would).
 Core majors (1-127) are the server's own; it answers unused ones with BadRequest.
+One request of an allowed extension reaches a hidden one's objects: XVideo's ``ShmPutImage``
+(minor 19) reads from an MIT-SHM segment by its XID, looked up as the server itself, so from
+*any* client's attached segment (a host video player's frames, a toolkit's image buffers)
+into a drawable the client can then read back. It is blocked like a hidden extension's
+request (:data:`HIDDEN_REQUESTS`: one more table read, for XVideo requests only); no client
+sends it without having found MIT-SHM.
 
 ``ListExtensions`` still names the hidden extensions: the filter sees only the client's
 direction, and finding that reply in the server's direction would mean framing every reply,
@@ -102,6 +108,11 @@ HIDDEN_EXTENSIONS: dict[bytes, str] = {
     b"MIT-SHM": "shared memory does not cross the container boundary",
     b"DRI3": "its replies carry file descriptors, which a relay cannot pass",
 }
+#: Requests of other extensions that use a hidden one's objects, by extension name: minor
+#: opcodes. XVideo's ShmPutImage (19) reads any attached MIT-SHM segment by its XID, looked up
+#: as the server itself (``serverClient``), so any client's segment: a client could read what
+#: a host client shares with the server without ever sending an MIT-SHM request.
+HIDDEN_REQUESTS: dict[bytes, frozenset[int]] = {b"XVideo": frozenset({19})}
 #: The extension whose requests change how lengths are read.
 BIG_REQUESTS = b"BIG-REQUESTS"
 #: Core opcode of QueryExtension.
@@ -129,6 +140,7 @@ _PASS = 0
 _BLOCK = 1
 _QUERY = 2
 _ENABLE = 3
+_MINOR = 4  # blocked when its minor opcode is in Hidden.minors
 
 
 @attrs.frozen(kw_only=True)
@@ -147,6 +159,9 @@ class Hidden:
             ``BigReqEnable``'s reply; 0 without BIG-REQUESTS).
         refused: Extension names to report when a client asks for one, with why it does not
             get it (the hidden ones and, in ``untrusted`` mode, those the server refuses).
+        minors: Majors of extensions the client may use with some of their minor opcodes
+            blocked (:data:`HIDDEN_REQUESTS`), and those minors: such requests are answered
+            BadRequest like a hidden extension's.
         reexecuted: Major opcodes whose requests the server may run twice, and would then
             read 4 bytes short in big form (``GrabServer`` and those of :data:`REEXECUTED`):
             such a request in big form closes the connection.
@@ -159,6 +174,7 @@ class Hidden:
     max_request: int = 0
     refused: Mapping[bytes, str] = attrs.field(factory=dict)
     reexecuted: frozenset[int] = frozenset({GRAB_SERVER})
+    minors: Mapping[int, frozenset[int]] = attrs.field(factory=dict)
 
     @property
     def name_lengths(self) -> frozenset[int]:
@@ -176,7 +192,20 @@ class Hidden:
             table[major] = _BLOCK
         if self.big_requests is not None:
             table[self.big_requests] = _ENABLE if self.max_request else _BLOCK
+        for major in self.minors:
+            if table[major] == _PASS:
+                table[major] = _MINOR
         return bytes(table)
+
+    def minor_tables(self) -> dict[int, bytes]:
+        """Return, per major of :attr:`minors`, one byte per minor: 1 where it is blocked."""
+        tables = {}
+        for major, minors in self.minors.items():
+            table = bytearray(256)
+            for minor in minors:
+                table[minor] = 1
+            tables[major] = bytes(table)
+        return tables
 
     def big_refused(self) -> bytes:
         """Return, per major opcode, whether a big request of it closes the connection."""
@@ -205,6 +234,7 @@ class RequestFilter:
         "_lengths",
         "_lo",
         "_max",
+        "_minors",
         "_names",
         "_on_query",
         "_refused",
@@ -231,6 +261,7 @@ class RequestFilter:
         self._lengths = hidden.name_lengths
         self._actions = hidden.actions()
         self._big_refused = hidden.big_refused()
+        self._minors = hidden.minor_tables()
         self._max = hidden.max_request
         self._on_query = on_query
         self._big = False
@@ -302,8 +333,12 @@ class RequestFilter:
                     elif action == _QUERY:
                         if not self._judge_query(data, pos + _HEADER, pos + length, size):
                             break
-                    elif words == 1 and data[pos + 1] == 0:
-                        big = True  # a well-formed BigReqEnable: 32-bit lengths from the next
+                    elif action == _ENABLE:
+                        if words == 1 and data[pos + 1] == 0:
+                            big = True  # a well-formed BigReqEnable: 32-bit lengths from the next
+                    elif self._minors[major][data[pos + 1]]:
+                        data[pos] = BAD_REQUEST_OPCODE
+                        self.requests_blocked += 1
             elif big:
                 if size - pos < _BIG_HEADER:
                     break
@@ -313,7 +348,7 @@ class RequestFilter:
                     self._big = big
                     return self._fail(words, major)
                 length = words << 2
-                if action == _BLOCK:
+                if action == _BLOCK or (action == _MINOR and self._minors[major][data[pos + 1]]):
                     data[pos] = BAD_REQUEST_OPCODE
                     self.requests_blocked += 1
                 elif action == _QUERY and not self._judge_query(
@@ -325,7 +360,7 @@ class RequestFilter:
                 # Length 0 without BIG-REQUESTS: a 4-byte request, answered BadLength (its
                 # handler never reads past it, and an enable of this length enables nothing).
                 length = _HEADER
-                if action == _BLOCK:
+                if action == _BLOCK or (action == _MINOR and self._minors[major][data[pos + 1]]):
                     data[pos] = BAD_REQUEST_OPCODE
                     self.requests_blocked += 1
             count += 1
