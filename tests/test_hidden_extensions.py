@@ -280,7 +280,9 @@ def test_untrusted_clients_are_told_which_extension_the_server_refused(
     assert "untrusted" in told[0]
 
 
-@pytest.mark.parametrize("request_name", ["XTEST FakeInput", "GrabServer", "GLX QueryVersion"])
+@pytest.mark.parametrize(
+    "request_name", ["XTEST FakeInput", "GrabServer", "GLX QueryVersion", "RANDR CreateLease"]
+)
 def test_a_big_request_the_server_may_run_twice_closes_the_connection(
     xvfb: XServer, lent: DockerRunArgs, request_name: str
 ) -> None:
@@ -296,6 +298,7 @@ def test_a_big_request_the_server_may_run_twice_closes_the_connection(
         shm_major = query_extension(direct, b"MIT-SHM")[1]
         xtest = query_extension(direct, b"XTEST")[1]
         glx = query_extension(direct, b"GLX")[1]
+        randr = query_extension(direct, b"RANDR")[1]
     tail = bytes([shm_major, 0, 1, 0])  # ShmQueryVersion, where the server would look
     # MotionNotify to (5, 5) after a delay of 1 ms; the event's last word is the tail.
     event = struct.pack("<BBHIIIIhhhh", 6, 0, 0, 1, 0, 0, 0, 5, 5, 5, 5) + tail
@@ -303,6 +306,8 @@ def test_a_big_request_the_server_may_run_twice_closes_the_connection(
         "XTEST FakeInput": (xtest, 2, event),
         "GrabServer": (36, 0, b""),
         "GLX QueryVersion": (glx, 7, struct.pack("<II", 1, 4) + tail),
+        # Xwayland runs it again once the compositor answered: window, lease id, no CRTCs.
+        "RANDR CreateLease": (randr, 45, struct.pack("<IIHH", 0, 0x00400001, 0, 0) + tail),
     }[request_name]
     with connect(6000 + number(lent), None, session_cookie(lent)) as relayed:
         relayed.sendall(struct.pack("<BBH", big, 0, 1) + struct.pack("<BxH", 43, 1))

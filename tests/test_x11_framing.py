@@ -44,6 +44,7 @@ GET_ATOM_NAME = 17
 LIST_EXTENSIONS = 99
 QUERY_EXTENSION = 98
 GRAB_SERVER = 36
+RR_CREATE_LEASE = 45
 UNGRAB_SERVER = 37
 BAD_REQUEST = 1
 #: Names a QueryExtension must not find: the hidden ones, and near misses the server
@@ -69,8 +70,9 @@ class Server:
     big: int
     allowed: tuple[int, ...]
     unknown: tuple[int, ...]
-    #: Majors the server may execute twice (GrabServer, XTEST, GLX): closed in big form.
-    reexecuted: tuple[int, ...]
+    #: Requests the server may execute twice (GrabServer, XTEST, GLX, RANDR CreateLease), as
+    #: major and minor (None: any): closed in big form.
+    reexecuted: tuple[tuple[int, int | None], ...]
     #: XVideo's major: its ShmPutImage (minor 19) reads MIT-SHM segments, so it is refused.
     xv: int
 
@@ -104,8 +106,12 @@ def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[XServer,
         big = found.majors[BIG_REQUESTS]
         allowed = tuple(sorted(set(found.majors.values()) - {shm, big}))
         unknown = tuple(m for m in range(128, 256) if m not in found.majors.values())
-        reexecuted = tuple(sorted(hidden.reexecuted))
-        assert {GRAB_SERVER, found.majors[b"XTEST"]} <= set(reexecuted)
+        assert {GRAB_SERVER, found.majors[b"XTEST"], found.majors[b"GLX"]} <= hidden.reexecuted
+        assert hidden.reexecuted_minors == {found.majors[b"RANDR"]: {RR_CREATE_LEASE}}
+        reexecuted = (
+            *((major, None) for major in sorted(hidden.reexecuted)),
+            (found.majors[b"RANDR"], RR_CREATE_LEASE),
+        )
         xv = found.majors[b"XVideo"]
         yield xvfb, Server(found, hidden, shm, big, allowed, unknown, reexecuted, xv)
     finally:
@@ -236,8 +242,9 @@ def generate(rng: random.Random, writer: Writer, server: Server) -> None:  # noq
             else:
                 # A request the server may run twice, in big form: it would re-read it 4
                 # bytes short (ResetCurrentRequest), so the filter closes.
-                major = rng.choice(server.reexecuted)
-                writer.big_request(major, rng.randrange(8), rng.randbytes(4 * rng.randint(0, 9)))
+                major, only = rng.choice(server.reexecuted)
+                minor = rng.randrange(8) if only is None else only
+                writer.big_request(major, minor, rng.randbytes(4 * rng.randint(0, 9)))
             made.closes = True
             return
 

@@ -321,3 +321,17 @@ def test_a_big_grab_server_closes_and_a_short_one_passes(order: bytes) -> None:
     request_filter.feed(bytearray(request(order, 36, 0, b"", big=True)))
     assert request_filter.problem is not None
     assert "execute twice" in request_filter.problem
+
+
+def test_a_big_randr_create_lease_closes_and_other_big_randr_requests_pass() -> None:
+    """Xwayland runs CreateLease twice: only that RANDR minor closes in big form."""
+    randr = 140
+    hidden = attrs.evolve(HIDDEN, reexecuted_minors={randr: frozenset({45})})
+    enable = request(b"l", BIGREQ_MAJOR, 0, b"")
+    other = request(b"l", randr, 44, b"x" * 8, big=True)
+    request_filter = RequestFilter(hidden)
+    stream = setup(b"l") + enable + other
+    assert bytes(request_filter.feed(bytearray(stream))) == stream
+    assert request_filter.problem is None
+    request_filter.feed(bytearray(request(b"l", randr, 45, b"x" * 12, big=True)))
+    assert request_filter.problem is not None

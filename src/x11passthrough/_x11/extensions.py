@@ -29,6 +29,7 @@ from .requests import (
     LIST_EXTENSIONS,
     QUERY_EXTENSION,
     REEXECUTED,
+    REEXECUTED_MINORS,
     Hidden,
 )
 
@@ -74,6 +75,9 @@ class ServerExtensions:
             reexecuted=frozenset(
                 {GRAB_SERVER, *(m for n, m in self.majors.items() if n in REEXECUTED)}
             ),
+            reexecuted_minors={
+                m: REEXECUTED_MINORS[n] for n, m in self.majors.items() if n in REEXECUTED_MINORS
+            },
         )
 
 

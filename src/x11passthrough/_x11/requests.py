@@ -41,26 +41,27 @@ filter's count, over thousands of random and adversarial streams:
   not, the enable's major is treated as unknown (below), so the server never enables it.
 * Where the server would frame differently from any rule the relay can mirror safely, the
   filter sets :attr:`RequestFilter.problem` and the relay closes the connection (fail closed):
-  a big length of 0 or 1 (the server then re-reads its own header: undefined), a big
-  length over the server's maximum (learned from ``BigReqEnable``'s reply), and a big request
-  the server may *execute twice* (below).
+  a big length of 0 or 1 (the server then re-reads its own header: undefined), a big length
+  over the server's maximum (learned from ``BigReqEnable``'s reply), and a big request the
+  server may *execute twice* (below). The server would skip an over-maximum request with
+  BadLength, but older servers compute its size as a 32-bit byte count that wraps above 2**30
+  words, and newer ones close the connection above 2**29 words: not worth mirroring, as no real
+  client sends one (libxcb checks the maximum first).
 * Re-executed requests. A few handlers put their request back to run it again later
   (``ResetCurrentRequest`` in ``os/io.c``): ``GrabServer`` while another client holds the grab,
   ``XTEST`` ``FakeInput`` with a delay, every ``GLX`` request while the server blocks GLX
-  clients (a VT switch), ``DRI2`` requests throttled to the swap limit. For a big request it
-  rebuilds the 8-byte header with the length the handler saw, which no longer counts the
-  header's extra word: the server reads the request again 4 bytes short, and its last word
-  as the next request's header (or its own header as a big request whose length is the
-  client's next word). A container would choose that word: a ``FakeInput`` with a delay in big
-  form, whose event ends in ``MIT-SHM``'s major, runs a hidden request the filter saw as event
-  data (servers whose ``FakeInput`` reads the length as ``req_len``, as X11Libre's does;
-  Xorg 21's reads the 16-bit field, 0, and answers BadLength). So the filter closes the
-  connection on a big request of ``GrabServer`` or of ``XTEST``, ``GLX`` or ``DRI2``
-  (:attr:`Hidden.reexecuted`). No client sends one: libxcb and Xlib use the big form only
-  for requests over 65535 words, and none of these requests is that long. The server would
-  skip an over-maximum request with BadLength, but older servers compute its size as a 32-bit
-  byte count that wraps above 2**30 words, and newer ones close the connection above 2**29
-  words: not worth mirroring, as no real client sends one (libxcb checks the maximum first).
+  clients (a VT switch), ``DRI2`` requests throttled to the swap limit, Xwayland's ``RANDR``
+  ``CreateLease`` while the compositor decides. For a big request it rebuilds the 8-byte header
+  with the length the handler saw, which no longer counts the header's extra word: the server
+  reads the request again 4 bytes short, and its last word as the next request's header (or its
+  own header as a big request whose length is the client's next word). A container would choose
+  that word: a ``FakeInput`` with a delay in big form, whose event ends in ``MIT-SHM``'s major,
+  runs a hidden request the filter saw as event data (on servers whose ``FakeInput`` takes its
+  length from ``req_len``, as X11Libre's does; Xorg 21's reads the 16-bit field, 0, and answers
+  BadLength). So the filter closes the connection on a big request of ``GrabServer``, of
+  ``XTEST``, ``GLX`` or ``DRI2``, or a ``RANDR`` ``CreateLease`` (:attr:`Hidden.reexecuted`,
+  :attr:`Hidden.reexecuted_minors`). No client sends one: libxcb and Xlib use the big form only
+  for requests over 65535 words, and none of these requests is that long.
 
 Majors. Allow what is known rather than block what is feared: a request with an extension
 major (128 and above) goes on unchanged only when the major belongs to an extension the
@@ -89,9 +90,9 @@ Cost: ``feed`` reads two bytes per request with no call and looks the major up i
 table, so only ``QueryExtension`` and ``BigReqEnable`` take a slower path. Measured (best of 25
 runs of 64 KiB of pipelined 16-byte requests, CPython 3.11, the shared 2-core VM): 108 MB/s
 (6.7 M requests/s), against 68 MB/s for the filter it replaced; a 64 KiB request costs one
-header read either way. The check for re-executed majors is one more table read on the big
-path only: 16-byte requests in big form (which no client sends) 62 -> 58 MB/s, small ones
-unchanged (110 MB/s).
+header read either way. The checks for re-executed requests are two more table reads on the
+big path only: 16-byte requests in big form (which no client sends) 62 -> 54 MB/s; small
+ones unchanged (110 MB/s); XVideo's minors are read for XVideo requests only.
 """
 
 from __future__ import annotations
@@ -129,6 +130,9 @@ GRAB_SERVER = 36
 #: Extensions with requests the X server may execute twice (``ResetCurrentRequest``), which
 #: it then frames 4 bytes short when they came in big form.
 REEXECUTED = frozenset({b"XTEST", b"GLX", b"DRI2"})
+#: Likewise for some minor opcodes only: Xwayland's RANDR CreateLease (45) waits for the
+#: compositor, then runs again.
+REEXECUTED_MINORS: dict[bytes, frozenset[int]] = {b"RANDR": frozenset({45})}
 
 _SETUP_PREFIX = 12
 _HEADER = 4
@@ -141,6 +145,8 @@ _BLOCK = 1
 _QUERY = 2
 _ENABLE = 3
 _MINOR = 4  # blocked when its minor opcode is in Hidden.minors
+# Whether a big request of a major closes the connection: 1 always, or for some minors.
+_SOME_MINORS = 2
 
 
 @attrs.frozen(kw_only=True)
@@ -165,6 +171,8 @@ class Hidden:
         reexecuted: Major opcodes whose requests the server may run twice, and would then
             read 4 bytes short in big form (``GrabServer`` and those of :data:`REEXECUTED`):
             such a request in big form closes the connection.
+        reexecuted_minors: Likewise for some minor opcodes of a major only
+            (:data:`REEXECUTED_MINORS`).
     """
 
     names: frozenset[bytes]
@@ -174,6 +182,7 @@ class Hidden:
     max_request: int = 0
     refused: Mapping[bytes, str] = attrs.field(factory=dict)
     reexecuted: frozenset[int] = frozenset({GRAB_SERVER})
+    reexecuted_minors: Mapping[int, frozenset[int]] = attrs.field(factory=dict)
     minors: Mapping[int, frozenset[int]] = attrs.field(factory=dict)
 
     @property
@@ -207,12 +216,22 @@ class Hidden:
             tables[major] = bytes(table)
         return tables
 
-    def big_refused(self) -> bytes:
-        """Return, per major opcode, whether a big request of it closes the connection."""
+    def big_refused(self) -> tuple[bytes, dict[int, bytes]]:
+        """
+        Return, per major opcode, whether a big request of it closes the connection.
+
+        Returns:
+            One byte per major: 0 no, 1 yes, 2 for some minors, with, for those majors, one
+            byte per minor (1: it closes).
+        """
         table = bytearray(256)
+        minors: dict[int, bytes] = {}
+        for major, refused in self.reexecuted_minors.items():
+            table[major] = _SOME_MINORS
+            minors[major] = bytes(1 if minor in refused else 0 for minor in range(256))
         for major in self.reexecuted:
             table[major] = 1
-        return bytes(table)
+        return bytes(table), minors
 
 
 class RequestFilter:
@@ -228,6 +247,7 @@ class RequestFilter:
         "_actions",
         "_big",
         "_big_len",
+        "_big_minors",
         "_big_refused",
         "_carry",
         "_hi",
@@ -260,7 +280,7 @@ class RequestFilter:
         self._refused = frozenset(hidden.refused)
         self._lengths = hidden.name_lengths
         self._actions = hidden.actions()
-        self._big_refused = hidden.big_refused()
+        self._big_refused, self._big_minors = hidden.big_refused()
         self._minors = hidden.minor_tables()
         self._max = hidden.max_request
         self._on_query = on_query
@@ -343,10 +363,13 @@ class RequestFilter:
                 if size - pos < _BIG_HEADER:
                     break
                 (words,) = self._big_len(data, pos + _HEADER)
-                if words < 2 or words > self._max or big_refused[major]:
+                refused = big_refused[major]
+                if refused == _SOME_MINORS:
+                    refused = self._big_minors[major][data[pos + 1]]
+                if words < 2 or words > self._max or refused:
                     self.requests = count
                     self._big = big
-                    return self._fail(words, major)
+                    return self._fail(words, major, refused=bool(refused))
                 length = words << 2
                 if action == _BLOCK or (action == _MINOR and self._minors[major][data[pos + 1]]):
                     data[pos] = BAD_REQUEST_OPCODE
@@ -373,8 +396,8 @@ class RequestFilter:
         self._skip = pos - size
         return data
 
-    def _fail(self, words: int, major: int) -> memoryview | bytearray:
-        if self._big_refused[major] and 2 <= words <= self._max:
+    def _fail(self, words: int, major: int, *, refused: bool) -> memoryview | bytearray:
+        if refused and 2 <= words <= self._max:
             self.problem = (
                 f"the client sent a request of major opcode {major} in big-request form, which "
                 "the X server may execute twice and then frame 4 bytes short; connection closed"
