@@ -169,14 +169,21 @@ def test_a_missing_engine_command_is_one_line(xvfb: XServer, tmp_path: Path) -> 
     assert "on PATH" in result.stderr
 
 
-def test_messages_speak_cli() -> None:
-    from x11passthrough._commands import speak
-
-    assert speak("pass bind=... (an address)") == "pass --bind ... (an address)"
-    assert speak("use transport='unix' (the default)") == "use --transport unix (the default)"
-    assert speak("pass host_dir=... pointing") == "pass --host-dir ... pointing"
-    assert "--display :0 (or --xvfb" in speak("pass X11Passthrough(display=':0')")
-    assert speak("auth='forward' keeps") == "--auth forward keeps"
+def test_errors_name_flags_where_the_library_names_options(xvfb: XServer, tmp_path: Path) -> None:
+    """The CLI spells the options an error carries as its flags; no keyword argument leaks."""
+    mixed = cli(*display_options(xvfb), "--transport", "unix", "--bind", "127.0.0.1", "args")
+    assert mixed.returncode == 2
+    assert mixed.stderr.startswith("x11passthrough: error: --bind 127.0.0.1 is for the TCP")
+    assert "pass --transport tcp" in mixed.stderr
+    allow = cli(*display_options(xvfb), "--transport", "unix", "--allow", "10.0.0.0/8", "args")
+    assert "--allow 10.0.0.0/8 filters the relay's TCP clients" in allow.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    not_a_dir = cli(*display_options(xvfb), "--host-dir", str(blocker / "sub"), "args")
+    assert not_a_dir.returncode == 2
+    assert "pass --host-dir ... pointing to a writable directory" in not_a_dir.stderr
+    for result in (mixed, allow, not_a_dir):
+        assert "=" not in result.stderr.replace("DISPLAY=", ""), result.stderr
 
 
 def test_conflicting_options_are_refused_before_anything_starts(xvfb: XServer) -> None:

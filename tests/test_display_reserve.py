@@ -161,6 +161,8 @@ def test_reserve_skips_a_lock_of_a_live_process(locator: DisplayLocator, style: 
         locator.reserve(range=[number])
     assert "1 held by X servers" in str(info.value)
     assert "0 with TCP port 6000+N in use" in str(info.value)
+    assert info.value.option == "range"  # DisplayLocator.reserve's own keyword
+    assert f"e.g. range=range({number}, {number + 501})" in str(info.value)
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage\n", b"         0\n", b"-5\n"])
@@ -347,7 +349,8 @@ def test_no_free_number_suggests_a_wider_range(locator: DisplayLocator) -> None:
     assert f"range({number}, {number + 2})" in message
     assert "1 held by X servers" in message
     assert "1 with TCP port 6000+N in use" in message
-    assert f"reserve(range=range({number}, {number + 502}))" in message
+    assert f"pass a wider range, e.g. range=range({number}, {number + 502})" in message
+    assert (info.value.option, info.value.value) == ("range", range(number, number + 502))
     assert isinstance(info.value, X11PassthroughError)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import ipaddress
 import json
 import os
 import socket
@@ -22,7 +21,8 @@ from typing import Any
 import pytest
 
 from x11passthrough import _engine
-from x11passthrough._transport import plan
+from x11passthrough._options import Options
+from x11passthrough._plan import plan
 from x11passthrough.exceptions import ConfigurationError
 
 
@@ -111,9 +111,7 @@ def test_docker_desktop_gets_tcp_on_loopback_and_files_under_home(
     """Desktop's VM shares no sockets, reaches the host's loopback, and shares only $HOME."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{replay('docker-desktop')}")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    chosen = plan(
-        transport="auto", engine="auto", bind=None, host_alias=None, gateway=None, host_dir=None
-    )
+    chosen = plan(Options())
     assert chosen.engine is not None
     assert chosen.engine.kind == "desktop"
     assert chosen.transport == "tcp"
@@ -121,6 +119,8 @@ def test_docker_desktop_gets_tcp_on_loopback_and_files_under_home(
     assert chosen.host_alias == "host.docker.internal"
     assert chosen.gateway is None  # Desktop defines host.docker.internal itself
     assert chosen.host_dir == tmp_path / "home" / ".cache" / "x11passthrough"
+    assert chosen.make_host_dir
+    assert not (tmp_path / "home").exists()  # planning makes nothing; lending does
 
 
 @pytest.mark.parametrize("engine", ["podman-rootful", "docker-rootless", "docker-rootful"])
@@ -129,9 +129,7 @@ def test_engines_on_this_kernel_get_the_unix_transport(
 ) -> None:
     """Podman (also behind DOCKER_HOST) and Docker Engine share the kernel: a socket it is."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{replay(engine)}")
-    chosen = plan(
-        transport="auto", engine="auto", bind=None, host_alias=None, gateway=None, host_dir=None
-    )
+    chosen = plan(Options())
     assert chosen.transport == "unix"
     assert chosen.engine is not None
     assert chosen.engine.kind == engine.split("-", maxsplit=1)[0]
@@ -142,14 +140,7 @@ def test_podman_over_tcp_uses_its_own_host_name(
 ) -> None:
     """Podman adds host.containers.internal itself and rejects host-gateway (4.3)."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{replay('podman-rootful')}")
-    chosen = plan(
-        transport="tcp",
-        engine="podman",
-        bind=(ipaddress.ip_address("10.88.0.1"),),
-        host_alias=None,
-        gateway=None,
-        host_dir=None,
-    )
+    chosen = plan(Options(transport="tcp", engine="podman", bind="10.88.0.1"))
     assert (chosen.host_alias, chosen.gateway) == ("host.containers.internal", None)
 
 
@@ -169,9 +160,7 @@ def test_podman_over_tcp_without_its_service_binds_its_gateway_before_it_exists(
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/engine.sock")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     assert str(_engine.podman_default_network()) == "10.99.0.0/16"
-    chosen = plan(
-        transport="tcp", engine="podman", bind=None, host_alias=None, gateway=None, host_dir=None
-    )
+    chosen = plan(Options(transport="tcp", engine="podman"))
     assert [str(a) for a in chosen.bind] == ["10.99.0.1"]
     assert chosen.freebind
     assert [str(n) for n in chosen.networks] == ["10.99.0.0/16"]
@@ -191,14 +180,7 @@ def test_rootless_podman_has_no_tcp_address_to_lend(
     assert found is not None
     assert found.rootless
     with pytest.raises(ConfigurationError, match=r"rootless Podman.*transport='unix'"):
-        plan(
-            transport="tcp",
-            engine="podman",
-            bind=None,
-            host_alias=None,
-            gateway=None,
-            host_dir=None,
-        )
+        plan(Options(transport="tcp", engine="podman"))
 
 
 def test_a_remote_engine_is_not_on_this_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,14 +235,7 @@ def test_rootless_docker_has_no_tcp_address_to_lend(
     """Its containers are in rootlesskit's namespace: the host's docker0 is out of reach."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{replay('docker-rootless')}")
     with pytest.raises(ConfigurationError, match=r"rootless Docker.*transport='unix'"):
-        plan(
-            transport="tcp",
-            engine="auto",
-            bind=None,
-            host_alias=None,
-            gateway=None,
-            host_dir=None,
-        )
+        plan(Options(transport="tcp", engine="auto"))
 
 
 def test_a_told_docker_engine_is_not_taken_for_rootless(
@@ -268,10 +243,8 @@ def test_a_told_docker_engine_is_not_taken_for_rootless(
 ) -> None:
     """A non-root user's ``engine="docker"`` with nothing answering still gets TCP on docker0."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nothing.sock'}")
-    monkeypatch.setattr("x11passthrough._transport.os.geteuid", lambda: 1000)
-    told = plan(
-        transport="tcp", engine="docker", bind=None, host_alias=None, gateway=None, host_dir=None
-    )
+    monkeypatch.setattr("x11passthrough._plan.os.geteuid", lambda: 1000)
+    told = plan(Options(transport="tcp", engine="docker"))
     assert told.transport == "tcp"
     assert told.engine is not None
     assert told.engine.socket is None

@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
 
 from collections.abc import Callable
@@ -236,17 +237,40 @@ def test_environment_is_never_changed(xvfb: XServer) -> None:
     assert dict(os.environ) == before
 
 
-def test_dropped_without_close_warns_and_cleans_up(xvfb: XServer) -> None:
-    """A passthrough garbage-collected while open warns (ResourceWarning) and frees its port."""
-
-    def start_and_drop() -> DockerRunArgs:
-        return passthrough(xvfb).start()
-
-    with pytest.warns(ResourceWarning, match="not closed"):
-        args = start_and_drop()
-    assert args.xauthority is not None
-    assert not port_open(6000 + number(args))
-    assert not args.xauthority.exists()
+def test_dropped_without_close_warns_and_is_closed_at_exit(xvfb: XServer) -> None:
+    """
+    Garbage-collecting an open passthrough only warns (ResourceWarning): the finalizer neither
+    joins the relay's thread nor talks to the X server. Its display stays lent until the
+    interpreter exits, which then frees the port and removes the files.
+    """
+    script = textwrap.dedent(
+        f"""
+        import gc, os, socket, warnings
+        from x11passthrough import X11Passthrough
+        warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught:
+            p = X11Passthrough({xvfb.display!r}, {str(xvfb.xauthority)!r}, bind=["127.0.0.1"],
+                               display_range=range(600, 700))
+            args = p.start()
+            del p
+            gc.collect()
+        port = 6000 + int(args.display.rsplit(":", 1)[1])
+        print([str(w.message) for w in caught if w.category is ResourceWarning])
+        print(port, args.xauthority, args.xauthority.exists())
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            print("still lent")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    warned, lent, still = done.stdout.splitlines()
+    assert "was not closed; its display stays lent until the interpreter exits" in warned
+    port, xauthority, exists = lent.split()
+    assert exists == "True"
+    assert still == "still lent"
+    assert not port_open(int(port))
+    assert not Path(xauthority).exists()
 
 
 def test_async_with(xvfb: XServer) -> None:
@@ -378,8 +402,12 @@ def test_errors_are_ours_and_actionable(
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 6000 + 690))
         blocker.listen()
-        with pytest.raises(NoFreeDisplayError):
+        with pytest.raises(NoFreeDisplayError) as full:
             passthrough(xvfb, display_range=range(690, 691)).start()
+    # It names the option the caller passed, not DisplayLocator.reserve's.
+    assert (full.value.option, full.value.value) == ("display_range", range(690, 1191))
+    assert "pass a wider range, e.g. display_range=range(690, 1191)" in str(full.value)
+    assert "reserve(" not in str(full.value)
     for bad in [
         {"auth": "trusting"},
         {"bind": ["docker0"]},

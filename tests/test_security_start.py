@@ -181,12 +181,15 @@ def test_a_file_with_a_damaged_tail_is_used_like_libxau(
         ({"container_xauthority": "/tmp/x,y"}, "contains ','"),
         ({"untrusted_timeout": 0}, "untrusted_timeout=0 must be a whole number >= 1"),
         ({"display_range": range(5)}, "must not hold display 0"),
+        ({"transport": "unix", "bind": "127.0.0.1"}, r"bind=\['127.0.0.1'\] is for the TCP"),
+        ({"transport": "unix", "allow": "10.0.0.0/8"}, "filters the relay's TCP clients"),
     ],
 )
 def test_bad_options_are_configuration_errors(options: dict[str, object], message: str) -> None:
     """Each names the value and what to do; no raw TypeError or ValueError from below."""
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(ConfigurationError, match=message) as info:
         X11Passthrough(":0", **options)  # type: ignore[arg-type]
+    assert info.value.option in options
 
 
 def test_a_fifo_as_authority_file_is_refused_at_once(xvfb: XServer, tmp_path: Path) -> None:

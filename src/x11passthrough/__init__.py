@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from . import exceptions
     from ._args import DockerRunArgs
-    from ._options import AuthMode
+    from ._options import AuthMode, EngineChoice, Transport
     from ._passthrough import X11Passthrough
     from ._relay.stats import RelayStats
-    from ._transport import Transport
     from ._xvfb import Xvfb
     from .exceptions import X11PassthroughError
 
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthMode",
     "DockerRunArgs",
+    "EngineChoice",
     "RelayStats",
     "Transport",
     "X11Passthrough",
@@ -45,8 +45,9 @@ __all__ = [
 _HOMES = {
     "AuthMode": "._options",
     "DockerRunArgs": "._args",
+    "EngineChoice": "._options",
     "RelayStats": "._relay.stats",
-    "Transport": "._transport",
+    "Transport": "._options",
     "X11Passthrough": "._passthrough",
     "X11PassthroughError": ".exceptions",
     "Xvfb": "._xvfb",

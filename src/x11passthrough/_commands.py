@@ -22,18 +22,19 @@ import tempfile
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+
+import attrs
 
 from . import _child
-from ._args import DockerRunArgs
+from ._args import DockerRunArgs, compose_file, env_lines
 from ._display._locator import DisplayLocator
 from ._display._owner import trusted_uids
 from ._doctor import diagnose
+from ._options import AuthMode, EngineChoice, Transport, auth_mode, engine_choice, transport_choice
 from ._passthrough import X11Passthrough
-from ._transport import EngineChoice
 from ._wrapped import Wrapped
 from ._xvfb import Xvfb
-from .exceptions import ConfigurationError, X11PassthroughError
+from .exceptions import ANY, ConfigurationError, Mention, X11PassthroughError, keyword
 
 
 logger = logging.getLogger("x11passthrough")
@@ -58,33 +59,26 @@ def engine_of(command: Sequence[str]) -> EngineChoice:
     return "auto"
 
 
-# The library's messages name its keyword options; the command line has flags.
-_FLAG_NAMES = ("display", "xauthority", "auth", "bind", "allow", "host_dir", "transport", "engine")
-#: Library phrases that have a command-line equivalent, replaced whole.
-_PHRASES = [
-    (
-        re.compile(r"X11Passthrough\(display=':0'\)"),
-        "--display :0 (or --xvfb for a private X server)",
-    ),
-    (
-        re.compile(r"DisplayLocator\(trusted_owners=\.\.\.\) with its uid as locator=\.\.\."),
-        "--trust-owner with that user's name or uid",
-    ),
-]
-#: ``name=value`` of a keyword option that is also a flag.
-_KEYWORD = re.compile(rf"\b({'|'.join(_FLAG_NAMES)})=(?:'([^']*)'|(\.\.\.)|([^\s,;)]+))")
+#: The keyword options that are also flags (``host_dir`` is ``--host-dir``).
+_FLAGS = frozenset(
+    ("display", "xauthority", "auth", "bind", "allow", "host_dir", "transport", "engine")
+)
 
 
-def speak(message: str) -> str:
-    """Rewrite a library message in the command line's words (``bind=...`` -> ``--bind ...``)."""
-    for pattern, words in _PHRASES:
-        message = pattern.sub(words, message)
-
-    def flag(match: re.Match[str]) -> str:
-        value = match.group(2) if match.group(2) is not None else match.group(3) or match.group(4)
-        return f"--{match.group(1).replace('_', '-')} {value}"
-
-    return _KEYWORD.sub(flag, message)
+def flag(mention: Mention) -> str:
+    """Spell an option a message names as the command line's flag (``--bind 127.0.0.1``)."""
+    if mention.option == "trusted_owners":
+        return "--trust-owner with that user's name or uid"
+    if mention.option not in _FLAGS:
+        return keyword(mention)
+    name = f"--{mention.option.replace('_', '-')}"
+    if mention.value is ANY:
+        return f"{name} ..."
+    if isinstance(mention.value, (list, tuple)):
+        return " ".join(f"{name} {value}" for value in mention.value) or name
+    if mention.option == "display":
+        return f"{name} {mention.value} (or --xvfb for a private X server)"
+    return f"{name} {mention.value}"
 
 
 def execute(opts: argparse.Namespace) -> int:
@@ -94,13 +88,13 @@ def execute(opts: argparse.Namespace) -> int:
     try:
         return _main(opts)
     except X11PassthroughError as e:
-        return _error(str(e))
+        return _error(e.explain(flag))
     except KeyboardInterrupt:
         return 130
 
 
 def _error(message: str) -> int:
-    print(f"{_PROG}: error: {speak(message)}", file=sys.stderr)
+    print(f"{_PROG}: error: {message}", file=sys.stderr)
     return ERROR_STATUS
 
 
@@ -120,13 +114,13 @@ def _main(opts: argparse.Namespace) -> int:
     try:
         if xvfb is not None:
             xvfb.start()
-            options["display"], options["xauthority"] = xvfb.display, str(xvfb.xauthority)
+            options = attrs.evolve(options, display=xvfb.display, xauthority=str(xvfb.xauthority))
         if opts.command == "doctor":
             return _doctor(opts, options)
         if wrapped is not None:
-            with X11Passthrough(**options) as args:
+            with options.passthrough() as args:
                 return _run(wrapped, args, opts.stop_timeout)
-        with _child.caught_signals() as wait, X11Passthrough(**options) as args:
+        with _child.caught_signals() as wait, options.passthrough() as args:
             return _hold(opts, args, wait)
     finally:
         if xvfb is not None:
@@ -149,26 +143,56 @@ def _wrapped(opts: argparse.Namespace) -> Wrapped | None:
     return wrapped
 
 
-def _options(opts: argparse.Namespace, wrapped: Wrapped | None) -> dict[str, Any]:
-    engine = opts.engine or (engine_of(wrapped.argv) if wrapped is not None else "auto")
-    options: dict[str, Any] = {
-        "display": opts.display,
-        "xauthority": opts.xauthority,
-        "auth": opts.auth,
-        "bind": opts.bind,
-        "allow": opts.allow,
-        "host_dir": opts.host_dir,
-        "transport": opts.transport,
-        "engine": engine,
-    }
+@attrs.frozen(kw_only=True)
+class CommandOptions:
+    """What the command line asks of the passthrough: its flags, typed."""
+
+    display: str | None = None
+    xauthority: str | None = None
+    auth: AuthMode = attrs.field(default="substitute", converter=auth_mode)
+    transport: Transport = attrs.field(default="auto", converter=transport_choice)
+    engine: EngineChoice = attrs.field(default="auto", converter=engine_choice)
+    bind: tuple[str, ...] | None = None
+    allow: tuple[str, ...] | None = None
+    host_dir: str | None = None
+    container_hostname: str | None = None
+    locator: DisplayLocator | None = None
+
+    def passthrough(self) -> X11Passthrough:
+        """Return the passthrough these options make (not started)."""
+        return X11Passthrough(
+            self.display,
+            self.xauthority,
+            auth=self.auth,
+            transport=self.transport,
+            engine=self.engine,
+            bind=self.bind,
+            allow=self.allow,
+            host_dir=self.host_dir,
+            container_hostname=self.container_hostname,
+            locator=self.locator,
+        )
+
+
+def _options(opts: argparse.Namespace, wrapped: Wrapped | None) -> CommandOptions:
+    locator = None
     if opts.trust_owner:
-        options["locator"] = DisplayLocator(
+        locator = DisplayLocator(
             trusted_owners=trusted_uids() | {_uid(user) for user in opts.trust_owner}
         )
-    if wrapped is not None and wrapped.hostname:
+    return CommandOptions(
+        display=opts.display,
+        xauthority=opts.xauthority,
+        auth=opts.auth,
+        transport=opts.transport,
+        engine=opts.engine or (engine_of(wrapped.argv) if wrapped is not None else "auto"),
+        bind=None if opts.bind is None else tuple(opts.bind),
+        allow=None if opts.allow is None else tuple(opts.allow),
+        host_dir=opts.host_dir,
         # The user's own name: an entry for it, for clients that look their cookie up by it.
-        options["container_hostname"] = wrapped.hostname
-    return options
+        container_hostname=wrapped.hostname if wrapped is not None else None,
+        locator=locator,
+    )
 
 
 def _uid(user: str) -> int:
@@ -285,46 +309,17 @@ def _hold(opts: argparse.Namespace, args: DockerRunArgs, wait: Callable[[], int]
     return 128 + wait()
 
 
-def compose_file(args: DockerRunArgs, service: str) -> str:
-    """Return a complete Compose override file (YAML) giving `service` the display."""
-    q = json.dumps  # JSON strings are YAML double-quoted scalars
-    fragment = args.compose()
-    lines = ["services:", f"  {q(service)}:"]
-    lines.append("    environment:")
-    lines += [f"      {q(k)}: {q(v)}" for k, v in fragment["environment"].items()]
-    if fragment["volumes"]:
-        lines.append("    volumes:")
-        for volume in fragment["volumes"]:
-            lines.append(f"      - type: {q(volume['type'])}")
-            lines.append(f"        source: {q(volume['source'])}")
-            lines.append(f"        target: {q(volume['target'])}")
-            lines.append(f"        read_only: {'true' if volume['read_only'] else 'false'}")
-    if fragment.get("extra_hosts"):
-        lines.append("    extra_hosts:")
-        lines += [f"      - {q(h)}" for h in fragment["extra_hosts"]]
-    if fragment.get("hostname"):
-        lines.append(f"    hostname: {q(fragment['hostname'])}")
-    return "\n".join(lines)
-
-
-def env_lines(args: DockerRunArgs) -> str:
-    """Return shell assignments: the pieces, and all docker-run options in one variable."""
-    values = {
-        "X11PASSTHROUGH_DISPLAY": args.display,
-        "X11PASSTHROUGH_XAUTHORITY": str(args.xauthority or ""),
-        "X11PASSTHROUGH_CONTAINER_XAUTHORITY": str(args.container_xauthority),
-        "X11PASSTHROUGH_SOCKET": str(args.socket or ""),
-        "X11PASSTHROUGH_CONTAINER_SOCKET": str(args.container_socket or ""),
-        "X11PASSTHROUGH_ARGS": shlex.join(args),
-    }
-    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in values.items())
-
-
-def _doctor(opts: argparse.Namespace, options: dict[str, Any]) -> int:
+def _doctor(opts: argparse.Namespace, options: CommandOptions) -> int:
     extra = opts.engine_options[1:] if opts.engine_options[:1] == ["--"] else opts.engine_options
     if extra and opts.image is None:
         raise ConfigurationError(
             f"{shlex.join(extra)!r}: options for the probe container need --image IMAGE"
         )
-    ok = diagnose(options, out=sys.stdout, image=opts.image, engine_options=extra, speak=speak)
+    ok = diagnose(
+        options.passthrough,
+        out=sys.stdout,
+        image=opts.image,
+        engine_options=extra,
+        spell=flag,
+    )
     return 0 if ok else 1

@@ -1,11 +1,13 @@
 """
 ``x11passthrough doctor``: explain a setup, step by step, before anything breaks.
 
-Strictly private. Each step prints one line (``ok``, ``warn`` or ``FAIL``, the step, what it
-found) and, on failure, a line saying what to do. The steps are the passthrough's own, in its
-order: the display and who owns it, the cookie and a real X11 setup with it, the engine, the
-transport, a connection setup through the relay exactly as a container makes it, the server as
-python-xlib sees it through the relay, and with ``--image`` a probe container.
+Each step prints one line (``ok``, ``warn`` or ``FAIL``, the step, what it found) and, on
+failure, a line saying what to do. The steps are the passthrough's own: doctor starts it and
+reports each step as it passes (:class:`~._passthrough.Watcher`): the display and who owns it,
+the cookie proved by a real X11 setup, the engine, the transport; then it makes a connection
+setup at the relay's own endpoints exactly as a container does, looks at the server as
+python-xlib sees it through the relay, and with ``--image`` runs the probe (:mod:`._probe`) in
+a container of that image.
 
 Lines are wrapped to :data:`WIDTH` columns (a terminal's 80, and the docs' code blocks), the
 continuation indented under the text. An X server started without ``-noreset`` (as
@@ -16,8 +18,7 @@ X11 setup was retried once.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
+import importlib.resources
 import os
 import pwd
 import shutil
@@ -34,19 +35,21 @@ from typing import IO, Any, TypeVar
 
 import attrs
 
-from . import _engine, _session
+from . import _session
 from ._args import DockerRunArgs
-from ._display._locator import DisplayLocator
-from ._display._name import DisplayName
+from ._display._endpoint import Endpoint
+from ._display._locate import DisplayConnection
 from ._display._owner import owner_uid
-from ._passthrough import X11Passthrough
+from ._engine import Engine
+from ._options import EngineChoice
+from ._passthrough import X11Passthrough, relay_endpoints, start_watched
+from ._upstream import Upstream
 from ._x11.handshake import handshake
 from ._x11.requests import HIDDEN_EXTENSIONS
 from ._x11.wire import MIT_MAGIC_COOKIE_1, SetupStatus
 from ._x11.xlib import open_display
-from ._xauth.authority import Xauthority, default_path
-from ._xauth.format import Family
-from .exceptions import X11PassthroughError, X11SetupError
+from ._xauth.authority import Xauthority
+from .exceptions import Spelling, X11PassthroughError, X11SetupError, keyword
 
 
 #: The width of the report's lines.
@@ -62,65 +65,19 @@ _RESETTING = (
 _T = TypeVar("_T")
 
 
-#: A probe for images: the standard library only, run by the image's python3. It connects as
-#: an X client of the image would (``DISPLAY``, ``XAUTHORITY``) and prints the server's vendor.
-PROBE = r"""
-import os, socket, struct, sys
-display = os.environ.get("DISPLAY", "")
-host, _, rest = display.rpartition(":")
-number = int(rest.split(".")[0])
-if host.startswith("tcp/"):
-    host = host[4:]
-if host and host != "unix":
-    sock = socket.create_connection((host, 6000 + number), timeout=10)
-else:
-    sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(10)
-    sock.connect("/tmp/.X11-unix/X%d" % number)
-data = open(os.environ["XAUTHORITY"], "rb").read() if os.environ.get("XAUTHORITY") else b""
-name = cookie = b""
-at = 0
-while at + 2 <= len(data):
-    (family,) = struct.unpack(">H", data[at:at + 2])
-    fields, at = [], at + 2
-    for _ in range(4):
-        (size,) = struct.unpack(">H", data[at:at + 2])
-        fields.append(data[at + 2:at + 2 + size])
-        at += 2 + size
-    if fields[1] == str(number).encode() and fields[2] == b"MIT-MAGIC-COOKIE-1":
-        name, cookie = fields[2], fields[3]
-        break
-pad = lambda b: b + b"\0" * (-len(b) % 4)
-setup = struct.pack("<BxHHHHxx", 0x6C, 11, 0, len(name), len(cookie))
-sock.sendall(setup + pad(name) + pad(cookie))
-head = b""
-while len(head) < 8:
-    chunk = sock.recv(8 - len(head))
-    if not chunk:
-        sys.exit("x11passthrough probe: the display closed the connection")
-    head += chunk
-(words,) = struct.unpack("<H", head[6:8])
-body = b""
-while len(body) < 4 * words:
-    chunk = sock.recv(4 * words - len(body))
-    if not chunk:
-        break
-    body += chunk
-if head[0] != 1:
-    sys.exit("x11passthrough probe: refused: " + body[:head[1]].decode("latin-1"))
-vendor_length = struct.unpack("<H", body[16:18])[0]
-formats = body[21]
-vendor = body[32:32 + vendor_length].decode("latin-1")
-screen = 32 + vendor_length + (-vendor_length % 4) + 8 * formats
-width, height = struct.unpack("<HH", body[screen + 20:screen + 24])
-print("probe: %s, screen %dx%d, display %s" % (vendor, width, height, display))
-"""
+#: Where the probe is mounted in the container.
+_PROBE_PATH = "/tmp/.x11passthrough-probe.py"
 _PROBE_COMMAND = (
-    "if command -v python3 >/dev/null 2>&1; then exec python3 /tmp/.x11passthrough-probe.py; "
+    f"if command -v python3 >/dev/null 2>&1; then exec python3 {_PROBE_PATH}; "
     "elif command -v xdpyinfo >/dev/null 2>&1; then exec xdpyinfo; "
     'else echo "the image has neither python3 nor xdpyinfo to probe with" >&2; exit 199; fi'
 )
 _NO_PROBE = 199
+
+
+def probe_source() -> str:
+    """Return the probe program (:mod:`._probe`, shipped with the package) as text."""
+    return importlib.resources.files(__package__).joinpath("_probe.py").read_text()
 
 
 @attrs.define
@@ -194,28 +151,28 @@ def _who(uid: int | None) -> str:
 
 
 def diagnose(
-    options: dict[str, Any],
+    passthrough: Callable[[], X11Passthrough],
     *,
     out: IO[str],
     image: str | None = None,
     engine_command: Sequence[str] | None = None,
     engine_options: Sequence[str] = (),
-    speak: Callable[[str], str] = str,
+    spell: Spelling = keyword,
 ) -> bool:
     """
     Check every step a container's display depends on; return True when all passed.
 
     Args:
-        options: The :class:`X11Passthrough` options the command line was given.
+        passthrough: Makes the passthrough to diagnose (its options may be invalid).
         out: Where the report goes.
         image: An image to run a probe container of.
         engine_command: The engine's command, for the probe (default: ``podman`` when Podman
             answers, or was named, else ``docker``).
         engine_options: Options of the probe's ``ENGINE run`` (``--runtime runsc``).
-        speak: Rewrites the library's messages in the command line's words.
+        spell: Spells the options the library's messages name (as the command line's flags).
     """
     report = Report(out)
-    _steps(report, options, _Probe(image, engine_command, tuple(engine_options)), speak)
+    _steps(report, passthrough, _Probe(image, engine_command, tuple(engine_options)), spell)
     if report.failed:
         out.write("a container would not get a working display\n")
     else:
@@ -232,152 +189,89 @@ class _Probe:
     options: tuple[str, ...]
 
 
-def _engine_command(options: dict[str, Any], engine: _engine.Engine | None) -> tuple[str, ...]:
-    """Return the engine's command for the probe: Podman's when told or found (and installed)."""
-    podman = options.get("engine") == "podman" or (engine is not None and engine.kind == "podman")
-    return ("podman",) if podman and shutil.which("podman") else ("docker",)
+@attrs.define
+class _Watcher:
+    """
+    Reports the passthrough's steps as they pass, and knows which one is under way.
 
+    A start that is tried again (the X server reset) passes the steps again: each is reported
+    once.
+    """
 
-def _steps(
-    report: Report,
-    options: dict[str, Any],
-    probe: _Probe,
-    speak: Callable[[str], str],
-) -> None:
-    display_text = options.get("display") or os.environ.get("DISPLAY")
-    if not display_text:
-        report.fail(
-            "display", "DISPLAY is not set", "pass --display :0, or --xvfb for a private X server"
-        )
-        return
-    if not _host_side(report, display_text, options, speak):
-        return
-    engine = _engine_step(report, options)
-    command = probe.command or _engine_command(options, engine)
-    passthrough = X11Passthrough(**options)
+    report: Report
+    step: str = "display"
+    name: str = ""
+    told: EngineChoice = "auto"
+    found: Engine | None = None
+    reported: set[str] = attrs.field(factory=set)
 
-    def start() -> DockerRunArgs:
-        nonlocal passthrough
-        passthrough = X11Passthrough(**options)
-        return passthrough.start()
+    def _line(self, status: str, step: str, text: str, hint: str = "") -> None:
+        if step not in self.reported:
+            self.reported.add(step)
+            self.report.line(status, step, text, hint)
 
-    try:
-        args = _retried(start)
-    except X11PassthroughError as e:
-        report.fail("transport", speak(str(e)))
-        return
-    try:
-        if args.socket is not None:
-            where = f"unix: {args.socket}, mounted as {args.container_socket}"
-        else:
-            hosts = ", ".join(f"{n}:{a}" for n, a in args.add_hosts)
-            where = "tcp" + (f" (with --add-host {hosts})" if hosts else "")
-        report.line("ok", "transport", f"{where}; the container gets DISPLAY={args.display}")
-        if _relay_step(report, args):
-            _server_step(report, args)
-        if probe.image is not None and not report.failed:
-            _probe_step(report, args, probe.image, (*command,), probe.options)
-    finally:
-        passthrough.close()
-
-
-def _host_side(
-    report: Report, display_text: str, options: dict[str, Any], speak: Callable[[str], str]
-) -> bool:
-    try:
-        name = DisplayName.parse(display_text)
-        connection = (options.get("locator") or DisplayLocator()).connect(name)
-    except X11PassthroughError as e:
-        return report.fail("display", speak(str(e)))
-    with connection:
+    def located(self, connection: DisplayConnection) -> None:
         owner = owner_uid(connection.socket)
-        report.line(
-            "ok",
-            "display",
-            f"{display_text} is {connection.endpoint}, owned by {_who(owner)}",
+        self.name = str(connection.name)
+        self._line(
+            "ok", "display", f"{self.name} is {connection.endpoint}, owned by {_who(owner)}"
         )
-        xauthority = options.get("xauthority")
-        path = default_path() if xauthority is None else xauthority
-        try:
-            entry = Xauthority.load(path).for_connection(connection.socket, name.number)
-        except X11PassthroughError as e:
-            return report.fail("cookie", speak(str(e)))
-        where = path or "no authority file"
-        if entry is None:
-            what = f"no cookie for {display_text} in {where}; trying without one"
+        self.step = "cookie"
+
+    def proved(self, upstream: Upstream, authority: str) -> None:
+        where = authority or "no authority file"
+        if upstream.real is None:
+            what = f"no cookie for {self.name} in {where}; trying without one"
         else:
-            family = getattr(entry.family, "name", entry.family)
-            what = f"MIT-MAGIC-COOKIE-1 for {display_text} from {where} (family {family})"
-        first = [connection.socket]
-        locator = options.get("locator") or DisplayLocator()
+            family = getattr(upstream.family, "name", upstream.family)
+            what = f"MIT-MAGIC-COOKIE-1 for {self.name} from {where} (family {family})"
+        what += ": the X server accepted it"
+        if upstream.untrusted is not None:
+            what += "; it issued an untrusted cookie for the relay"
+        self._line("ok", "cookie", what)
+        self.step = "engine"
 
-        def setup() -> Any:
-            # A retry (after a server's reset) needs a new connection.
-            with contextlib.ExitStack() as stack:
-                sock = first.pop() if first else stack.enter_context(locator.connect(name)).socket
-                return handshake(
-                    sock,
-                    MIT_MAGIC_COOKIE_1 if entry else b"",
-                    entry.data if entry else b"",
-                    timeout=float(options.get("connect_timeout", 5.0)),
-                )
-
-        try:
-            reply = _retried(setup)
-        except X11PassthroughError as e:
-            return report.fail("cookie", f"{what}: {e}")
-    if reply.status is not SetupStatus.SUCCESS:
-        return report.fail(
-            "cookie",
-            f"{what}: the X server refused it: {reply.reason.strip() or 'no reason given'}",
-            "point --xauthority at the file your X server uses, or log in again",
-        )
-    report.line("ok", "cookie", f"{what}: the X server accepted it")
-    return True
-
-
-def _engine_step(report: Report, options: dict[str, Any]) -> _engine.Engine | None:
-    hint = options.get("engine", "auto")
-    told = hint not in (None, "auto")
-    found = _engine.detect(hint if told else None)
-    if told and found is not None and found.kind != hint:
-        found = None  # the passthrough follows what it was told, not what answered
-    if found is None:
-        if told:
-            where = "a VM" if hint == "desktop" else "this host's kernel"
-            report.line(
-                "ok",
+    def engine(self, found: Engine | None, told: EngineChoice) -> None:
+        self.step = "transport"
+        self.told, self.found = told, found
+        if found is None:
+            self._line(
+                "FAIL",
                 "engine",
-                f"{hint}, as told; containers on {where}",
+                "no container engine answered on its API socket",
+                "start Docker or Podman, or pass --engine (and --transport) to name it",
             )
-            return None
-        report.fail(
-            "engine",
-            "no container engine answered on its API socket",
-            "start Docker or Podman, or pass --engine (and --transport) to name it",
-        )
-        return None
-    if found.socket is None and not _remote_answers(report):
-        return None
-    where = "this host's kernel" if found.same_kernel else "a VM (no shared sockets)"
-    mode = "rootless" if found.rootless else "rootful"
-    report.line("ok", "engine", f"{found.description}, {mode}, containers on {where}")
-    return found
+            return
+        where = "this host's kernel" if found.same_kernel else "a VM (no shared sockets)"
+        if told != "auto" and found.socket is None:  # none of that kind answered
+            self._line("ok", "engine", f"{told}, as told; containers on {where}")
+            return
+        if found.socket is None and not _remote_answers(self):
+            return
+        mode = "rootless" if found.rootless else "rootful"
+        self._line("ok", "engine", f"{found.description}, {mode}, containers on {where}")
+
+    def engine_command(self) -> tuple[str, ...]:
+        """Return the engine's command for the probe: Podman's when told or found (installed)."""
+        found = self.found
+        podman = self.told == "podman" or (found is not None and found.kind == "podman")
+        return ("podman",) if podman and shutil.which("podman") else ("docker",)
 
 
-def _remote_answers(report: Report) -> bool:
+def _remote_answers(watcher: _Watcher) -> bool:
     """Check that a ``DOCKER_HOST`` of TCP answers (one of SSH is not checked)."""
     host = os.environ.get("DOCKER_HOST", "")
     url = urllib.parse.urlsplit(host)
     if url.scheme != "tcp":
-        report.line("warn", "engine", f"DOCKER_HOST={host}: not checked")
+        watcher._line("warn", "engine", f"DOCKER_HOST={host}: not checked")
         return False
     try:
         port = url.port or 2375
         with socket.create_connection((url.hostname or "localhost", port), timeout=5):
             pass
     except (OSError, ValueError) as e:
-        report.fail(
+        watcher._line(
+            "FAIL",
             "engine",
             f"DOCKER_HOST={host} does not answer: {getattr(e, 'strerror', None) or e}",
             "start that engine, or point DOCKER_HOST at one that runs",
@@ -386,58 +280,107 @@ def _remote_answers(report: Report) -> bool:
     return True
 
 
+def _steps(
+    report: Report, make: Callable[[], X11Passthrough], probe: _Probe, spell: Spelling
+) -> None:
+    watcher = _Watcher(report)
+    try:
+        passthrough = make()
+    except X11PassthroughError as e:
+        report.fail("options", e.explain(spell))
+        return
+
+    def start() -> DockerRunArgs:
+        nonlocal passthrough
+        if passthrough is None:  # a retry: start() undid all it did
+            passthrough = make()
+        started, passthrough = passthrough, None
+        args = start_watched(started, watcher)
+        passthrough = started
+        return args
+
+    try:
+        args = _retried(start)
+    except X11PassthroughError as e:
+        report.fail(watcher.step, e.explain(spell))
+        return
+    assert passthrough is not None  # noqa: S101 - set by a start that returned
+    try:
+        if args.socket is not None:
+            where = f"unix: {args.socket}, mounted as {args.container_socket}"
+        else:
+            hosts = ", ".join(f"{n}:{a}" for n, a in args.extra_hosts.items())
+            where = "tcp" + (f" (with --add-host {hosts})" if hosts else "")
+        report.line("ok", "transport", f"{where}; the container gets DISPLAY={args.display}")
+        endpoint = _container_endpoint(relay_endpoints(passthrough))
+        if _relay_step(report, args, endpoint):
+            _server_step(report, args, endpoint)
+        if probe.image is not None and not report.failed:
+            command = (*probe.command,) if probe.command else watcher.engine_command()
+            _probe_step(report, args, probe.image, command, probe.options)
+    finally:
+        passthrough.close()
+
+
+def _container_endpoint(endpoints: Sequence[Endpoint]) -> Endpoint:
+    """Return the relay's endpoint a container uses: the mounted socket, else TCP."""
+    for kind in ("unix", "tcp"):
+        for endpoint in endpoints:
+            if endpoint.kind == kind:
+                return endpoint
+    return endpoints[0]
+
+
 def _session_cookie(args: DockerRunArgs) -> bytes:
     if args.xauthority is None:
         return b""
     return Xauthority.load(args.xauthority)[0].data
 
 
-def _relay_socket(args: DockerRunArgs) -> socket.socket:
-    """Connect to the relay where a container would."""
-    if args.socket is not None:
+def _relay_socket(endpoint: Endpoint) -> socket.socket:
+    """Connect to the relay's `endpoint`, as a container would."""
+    if endpoint.kind == "unix":
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(5)
-        with _session.socket_address(args.socket) as address:
-            sock.connect(address)
+        try:
+            with _session.socket_address(Path(str(endpoint.path))) as address:
+                sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
         return sock
-    number = int(args.display.rsplit(":", 1)[1])
-    for entry in Xauthority.load(args.xauthority) if args.xauthority else []:
-        if entry.family in (Family.INTERNET, Family.INTERNET6):
-            address = str(ipaddress.ip_address(entry.address))
-            return socket.create_connection((address, 6000 + number), timeout=5)
-    raise OSError("no relay address in the session file")
+    sock = endpoint.connect(timeout=5)
+    sock.settimeout(5)
+    return sock
 
 
-def _relay_step(report: Report, args: DockerRunArgs) -> bool:
+def _relay_step(report: Report, args: DockerRunArgs, endpoint: Endpoint) -> bool:
     cookie = _session_cookie(args)
 
-    def setup() -> tuple[Any, Any]:
-        with _relay_socket(args) as sock:
-            peer = sock.getpeername()
-            return peer, handshake(
-                sock, MIT_MAGIC_COOKIE_1 if cookie else b"", cookie, timeout=10.0
-            )
+    def setup() -> Any:
+        with _relay_socket(endpoint) as sock:
+            return handshake(sock, MIT_MAGIC_COOKIE_1 if cookie else b"", cookie, timeout=10.0)
 
     try:
-        peer, reply = _retried(setup)
+        reply = _retried(setup)
     except (OSError, X11PassthroughError) as e:
         return report.fail("relay", f"cannot reach the relay as a container would: {e}")
     if reply.status is not SetupStatus.SUCCESS:
         return report.fail(
             "relay", f"the relay refused the session cookie: {reply.reason.strip()}"
         )
-    where = peer if isinstance(peer, str) else f"{peer[0]}:{peer[1]}"
+    where = endpoint.path if endpoint.kind == "unix" else f"{endpoint.host}:{endpoint.port}"
     report.line("ok", "relay", f"a container's connection setup at {where} succeeded")
     return True
 
 
-def _server_step(report: Report, args: DockerRunArgs) -> None:
+def _server_step(report: Report, args: DockerRunArgs, endpoint: Endpoint) -> None:
     cookie = _session_cookie(args)
     number = int(args.display.rsplit(":", 1)[1])
     try:
         display = _retried(
             lambda: open_display(
-                _relay_socket(args),
+                _relay_socket(endpoint),
                 MIT_MAGIC_COOKIE_1 if cookie else b"",
                 cookie,
                 number=number,
@@ -481,11 +424,11 @@ def _probe_step(
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="x11passthrough-probe-") as tmp:
         probe = Path(tmp) / "probe.py"
-        probe.write_text(PROBE)
+        probe.write_text(probe_source())
         probe.chmod(0o644)
         Path(tmp).chmod(0o755)
         argv = [*engine_command, "run", "--rm", *engine_options, *args]
-        argv += ["--volume", f"{probe}:/tmp/.x11passthrough-probe.py:ro", image]
+        argv += ["--volume", f"{probe}:{_PROBE_PATH}:ro", image]
         argv += ["sh", "-c", _PROBE_COMMAND]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)

@@ -1,7 +1,9 @@
 """
 The options of a passthrough: validated once, at construction, into typed values.
 
-Strictly private: the options are documented on :class:`~x11passthrough.X11Passthrough`.
+The options are documented on :class:`~x11passthrough.X11Passthrough`. Each is converted on
+its own (:mod:`._validate`), then the checks between options run, so that every mistake the
+options alone show is raised at construction, naming the option.
 """
 
 from __future__ import annotations
@@ -15,14 +17,22 @@ from typing import Literal, get_args
 import attrs
 
 from . import _validate
+from ._args import DEFAULT_CONTAINER_XAUTHORITY
 from ._display._name import DisplayName
-from ._transport import EngineChoice, Transport
-from .exceptions import ConfigurationError
+from ._display._reserve import DEFAULT_DISPLAY_RANGE
+from .exceptions import ConfigurationError, Mention
 
 
 #: How containers authenticate: see :class:`~x11passthrough.X11Passthrough` and the security
 #: page. ``"substitute"`` (default), ``"untrusted"`` or ``"forward"``.
 AuthMode = Literal["substitute", "untrusted", "forward"]
+#: How containers reach the relay: ``"unix"`` (a bind-mounted socket), ``"tcp"``, or
+#: ``"auto"`` (chosen by the engine: UNIX where it shares this host's kernel).
+Transport = Literal["auto", "unix", "tcp"]
+#: Which engine runs the containers: ``"docker"`` (Docker Engine), ``"podman"``,
+#: ``"desktop"`` (an engine in a VM: Docker Desktop, podman machine, Colima, Lima, OrbStack),
+#: or ``"auto"`` (asked over its API socket).
+EngineChoice = Literal["auto", "docker", "podman", "desktop"]
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
@@ -33,9 +43,10 @@ def _display(value: object) -> DisplayName | None:
         return value
     if isinstance(value, str):
         return DisplayName.parse(value)
-    raise ConfigurationError(
-        f"display={value!r} must be a DISPLAY value such as ':0', a DisplayName, or None "
-        "for $DISPLAY"
+    raise _validate.bad(
+        "display",
+        value,
+        " must be a DISPLAY value such as ':0', a DisplayName, or None for $DISPLAY",
     )
 
 
@@ -44,45 +55,46 @@ def _xauthority(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, (str, os.PathLike)):
-        raise ConfigurationError(
-            f"xauthority={value!r} must be a path (str or os.PathLike), or None for libXau's "
-            "default ($XAUTHORITY, else ~/.Xauthority)"
+        raise _validate.bad(
+            "xauthority",
+            value,
+            " must be a path (str or os.PathLike), or None for libXau's default ($XAUTHORITY, "
+            "else ~/.Xauthority)",
         )
     text = os.fspath(value)
     if not isinstance(text, str) or "\0" in text:
-        raise ConfigurationError(f"xauthority={value!r} must be a str path without NUL bytes")
+        raise _validate.bad("xauthority", value, " must be a str path without NUL bytes")
     return text
 
 
-def _auth(value: object) -> AuthMode:
-    modes: tuple[AuthMode, ...] = get_args(AuthMode)
-    for mode in modes:
-        if value == mode:
-            return mode
-    raise ConfigurationError(
-        f"auth={value!r} is not an auth mode; use 'substitute' (default), 'untrusted' or 'forward'"
+def auth_mode(value: object) -> AuthMode:
+    return _validate.choice(
+        value,
+        name="auth",
+        choices=get_args(AuthMode),
+        what="an auth mode",
+        hint="'substitute' (default), 'untrusted' or 'forward'",
     )
 
 
-def _transport(value: object) -> Transport:
-    choices: tuple[Transport, ...] = get_args(Transport)
-    for choice in choices:
-        if value == choice:
-            return choice
-    raise ConfigurationError(
-        f"transport={value!r} is not a transport; use 'auto' (default), 'unix' (a socket "
-        "bind-mounted into the container) or 'tcp'"
+def transport_choice(value: object) -> Transport:
+    return _validate.choice(
+        value,
+        name="transport",
+        choices=get_args(Transport),
+        what="a transport",
+        hint="'auto' (default), 'unix' (a socket bind-mounted into the container) or 'tcp'",
     )
 
 
-def _engine(value: object) -> EngineChoice:
-    choices: tuple[EngineChoice, ...] = get_args(EngineChoice)
-    for choice in choices:
-        if value == choice:
-            return choice
-    raise ConfigurationError(
-        f"engine={value!r} is not an engine; use 'auto' (default), 'docker', 'podman' or "
-        "'desktop' (an engine in a VM: Docker Desktop, podman machine, Colima ...)"
+def engine_choice(value: object) -> EngineChoice:
+    return _validate.choice(
+        value,
+        name="engine",
+        choices=get_args(EngineChoice),
+        what="an engine",
+        hint="'auto' (default), 'docker', 'podman' or 'desktop' (an engine in a VM: Docker "
+        "Desktop, podman machine, Colima ...)",
     )
 
 
@@ -90,8 +102,8 @@ def _host_alias(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _HOSTNAME.fullmatch(value):
-        raise ConfigurationError(
-            f"host_alias={value!r} must be a host name such as 'host.docker.internal'"
+        raise _validate.bad(
+            "host_alias", value, " must be a host name such as 'host.docker.internal'"
         )
     return value
 
@@ -100,8 +112,8 @@ def _gateway(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or any(c in value for c in " \t\n:,="):
-        raise ConfigurationError(
-            f"gateway={value!r} must be 'host-gateway' or an IP address for --add-host"
+        raise _validate.bad(
+            "gateway", value, " must be 'host-gateway' or an IP address for --add-host"
         )
     return value
 
@@ -122,8 +134,8 @@ def _container_hostname(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > 63 or not _HOSTNAME.fullmatch(value):
-        raise ConfigurationError(
-            f"container_hostname={value!r} must be a host name of 1 to 63 characters, or None"
+        raise _validate.bad(
+            "container_hostname", value, " must be a host name of 1 to 63 characters, or None"
         )
     return value
 
@@ -136,9 +148,11 @@ def _display_range(value: object) -> range | tuple[int, ...]:
     numbers = _validate.display_numbers(value)
     lowest = min(numbers[0], numbers[-1]) if isinstance(numbers, range) else min(numbers)
     if lowest < 1:
-        raise ConfigurationError(
-            f"display_range={value!r} must not hold display 0 (the usual local display); pass "
-            "e.g. range(50, 300)"
+        raise _validate.bad(
+            "display_range",
+            value,
+            " must not hold display 0 (the usual local display)",
+            hint=("pass e.g. range(50, 300)",),
         )
     return numbers
 
@@ -161,22 +175,57 @@ def _stall_timeout(value: object) -> float:
 
 @attrs.frozen(kw_only=True)
 class Options:
-    """The validated options of a passthrough (see X11Passthrough). Strictly private."""
+    """
+    The validated options of a passthrough (see X11Passthrough), with its defaults.
 
-    display: DisplayName | None = attrs.field(converter=_display)
-    xauthority: str | None = attrs.field(converter=_xauthority)
-    auth: AuthMode = attrs.field(converter=_auth)
-    transport: Transport = attrs.field(converter=_transport)
-    engine: EngineChoice = attrs.field(converter=_engine)
-    host_alias: str | None = attrs.field(converter=_host_alias)
-    gateway: str | None = attrs.field(converter=_gateway)
-    bind: tuple[_validate.IPAddress, ...] | None = attrs.field(converter=_bind)
-    allow: tuple[_validate.IPNetwork, ...] | None = attrs.field(converter=_allow)
-    container_xauthority: PurePosixPath = attrs.field(converter=_container_xauthority)
-    container_hostname: str | None = attrs.field(converter=_container_hostname)
-    host_dir: Path | None = attrs.field(converter=_host_dir)
-    display_range: range | tuple[int, ...] = attrs.field(converter=_display_range)
-    untrusted_timeout: int = attrs.field(converter=_untrusted_timeout)
-    connect_timeout: float = attrs.field(converter=_connect_timeout)
-    setup_timeout: float = attrs.field(converter=_setup_timeout)
-    stall_timeout: float = attrs.field(converter=_stall_timeout)
+    Raises:
+        ConfigurationError: An option is invalid, alone or together with another.
+    """
+
+    display: DisplayName | None = attrs.field(default=None, converter=_display)
+    xauthority: str | None = attrs.field(default=None, converter=_xauthority)
+    auth: AuthMode = attrs.field(default="substitute", converter=auth_mode)
+    transport: Transport = attrs.field(default="auto", converter=transport_choice)
+    engine: EngineChoice = attrs.field(default="auto", converter=engine_choice)
+    host_alias: str | None = attrs.field(default=None, converter=_host_alias)
+    gateway: str | None = attrs.field(default=None, converter=_gateway)
+    bind: tuple[_validate.IPAddress, ...] | None = attrs.field(default=None, converter=_bind)
+    allow: tuple[_validate.IPNetwork, ...] | None = attrs.field(default=None, converter=_allow)
+    container_xauthority: PurePosixPath = attrs.field(
+        default=DEFAULT_CONTAINER_XAUTHORITY, converter=_container_xauthority
+    )
+    container_hostname: str | None = attrs.field(default=None, converter=_container_hostname)
+    host_dir: Path | None = attrs.field(default=None, converter=_host_dir)
+    display_range: range | tuple[int, ...] = attrs.field(
+        default=DEFAULT_DISPLAY_RANGE, converter=_display_range
+    )
+    untrusted_timeout: int = attrs.field(default=5, converter=_untrusted_timeout)
+    connect_timeout: float = attrs.field(default=2.0, converter=_connect_timeout)
+    setup_timeout: float = attrs.field(default=10.0, converter=_setup_timeout)
+    stall_timeout: float = attrs.field(default=0.5, converter=_stall_timeout)
+
+    def __attrs_post_init__(self) -> None:
+        if self.transport == "unix" and self.bind is not None:
+            shown = [str(a) for a in self.bind]
+            raise ConfigurationError(
+                Mention("bind", shown),
+                " is for the TCP transport; the UNIX transport listens on no address",
+                option="bind",
+                value=shown,
+                hint=("pass ", Mention("transport", "tcp"), " (or leave it 'auto')"),
+            )
+        if self.transport == "unix" and self.allow is not None:
+            raise unix_has_no_allow(self.allow)
+
+
+def unix_has_no_allow(allow: tuple[_validate.IPNetwork, ...]) -> ConfigurationError:
+    """Return the error for `allow` on the UNIX transport, which has no TCP clients."""
+    shown = [str(n) for n in allow]
+    return ConfigurationError(
+        Mention("allow", shown),
+        " filters the relay's TCP clients, and the UNIX transport has none: only containers "
+        "given the mounted socket reach it",
+        option="allow",
+        value=shown,
+        hint=("pass ", Mention("transport", "tcp"), " to filter by address, or leave it out"),
+    )

@@ -1,49 +1,50 @@
 """
 X11Passthrough: one context manager that lends the host's display to containers.
 
-Strictly private: import :class:`X11Passthrough` from :mod:`x11passthrough`.
+Import :class:`X11Passthrough` from :mod:`x11passthrough`.
 
-It composes the layers below it and is imported by none of them: the display locator finds
-and connects to the host's display, the Xauthority reader picks the cookie for that very
-connection, the SECURITY client (untrusted mode) turns it into an untrusted one, the locator
-reserves display M, the session module writes the container's authority file, the relay
-serves M, and :class:`DockerRunArgs` says what a container needs.
+It composes the layers below it and is imported by none of them, in four steps: the host side
+(:mod:`._upstream`: find the display, check its owner, prove the cookie), the plan
+(:mod:`._plan`: engine and transport, decided without doing anything), the policy
+(:mod:`._policy`: which gate on which listener, the allowlist) and lending (:mod:`._lending`:
+reserve display M, listen, write the session files, the :class:`DockerRunArgs`); then the relay
+serves M. ``doctor`` runs the same steps and reports each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import atexit
 import ipaddress
 import logging
 import os
-import secrets
 import warnings
 
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Protocol
 
 import attrs
 
-from . import _engine, _netinfo
 from ._args import DEFAULT_CONTAINER_XAUTHORITY, DockerRunArgs
 from ._cleanup import Cleanup
 from ._display._endpoint import Endpoint
+from ._display._locate import DisplayConnection
 from ._display._locator import DisplayLocator
 from ._display._name import DisplayName
 from ._display._reserve import DEFAULT_DISPLAY_RANGE
-from ._options import AuthMode, Options
+from ._engine import Engine
+from ._lending import lend
+from ._options import AuthMode, EngineChoice, Options, Transport
+from ._plan import engine_as_told, plan
+from ._policy import policy
 from ._relay.options import Listener, RelayOptions
 from ._relay.stats import RelayStats
 from ._relay.thread import RelayThread
-from ._transport import EngineChoice, Transport, lend, plan
 from ._upstream import HostSide, Upstream
-from ._validate import IPNetwork
-from ._x11.gate import CookieGate
 from ._x11.security import UntrustedCookie
-from ._x11.wire import MIT_MAGIC_COOKIE_1
 from ._xauth.authority import default_path
-from .exceptions import ConfigurationError, DisplayError, X11PassthroughError
+from .exceptions import DisplayError, Mention, X11PassthroughError
 
 
 logger = logging.getLogger("x11passthrough")
@@ -51,13 +52,37 @@ logger = logging.getLogger("x11passthrough")
 
 @attrs.frozen(kw_only=True)
 class _Session:
-    """What _prepare made. Strictly private."""
+    """What _prepare made: the relay's upstream, listeners (and where) and options."""
 
     endpoint: Endpoint
     listeners: Sequence[Listener]
+    endpoints: Sequence[Endpoint]
     relay_options: RelayOptions
     args: DockerRunArgs
     upstream: Upstream
+
+
+class Watcher(Protocol):
+    """Sees the steps of a start as they pass: ``doctor`` reports each one."""
+
+    def located(self, connection: DisplayConnection) -> None:
+        """Take note: the display answered on `connection` (owner checked, nothing sent yet)."""
+
+    def proved(self, upstream: Upstream, authority: str) -> None:
+        """Take note: the X server accepted the cookie from `authority` ("" for none)."""
+
+    def engine(self, found: Engine | None, told: EngineChoice) -> None:
+        """Take note of the engine the plan follows (asked even where the plan needs none)."""
+
+
+def start_watched(passthrough: X11Passthrough, watcher: Watcher) -> DockerRunArgs:
+    """Start `passthrough` as :meth:`X11Passthrough.start` does, telling `watcher` each step."""
+    return passthrough._start(watcher)
+
+
+def relay_endpoints(passthrough: X11Passthrough) -> tuple[Endpoint, ...]:
+    """Where the running `passthrough`'s relay listens, as Endpoint values (none when closed)."""
+    return passthrough._endpoints
 
 
 class X11Passthrough:
@@ -185,6 +210,7 @@ class X11Passthrough:
         self._relay: RelayThread | None = None
         self._last_stats = RelayStats()
         self._untrusted: UntrustedCookie | None = None
+        self._endpoints: tuple[Endpoint, ...] = ()
 
     def __repr__(self) -> str:
         state = "open" if self._args is not None else "closed"
@@ -234,11 +260,14 @@ class X11Passthrough:
             BindError: The relay cannot listen on the bind address.
             SecurityExtensionError: ``auth="untrusted"`` and the server cannot issue a cookie.
         """
+        return self._start(None)
+
+    def _start(self, watcher: Watcher | None) -> DockerRunArgs:
         if self._args is not None:
             return self._args
         cleanup = Cleanup()
         try:
-            session = self._prepare(cleanup)
+            session = self._prepare(cleanup, watcher)
             relay = RelayThread(session.listeners, session.endpoint, session.relay_options)
             relay.start()
             cleanup.add("stopping the relay", relay.stop)
@@ -247,6 +276,7 @@ class X11Passthrough:
             raise
         self._relay = relay
         self._cleanup = cleanup
+        self._endpoints = tuple(session.endpoints)
         self._args = session.args
         return session.args
 
@@ -260,6 +290,7 @@ class X11Passthrough:
         cleanup, self._cleanup = self._cleanup, None
         relay, self._relay = self._relay, None
         self._args = None
+        self._endpoints = ()
         if cleanup is not None:
             cleanup.close()
             logger.debug("passthrough closed")
@@ -278,14 +309,18 @@ class X11Passthrough:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_cleanup", None) is not None:
+        # Only a warning here: stopping the relay joins its thread and revoking a cookie talks
+        # to the X server, neither of which belongs in a finalizer. The interpreter's exit
+        # does it instead.
+        cleanup = getattr(self, "_cleanup", None)
+        if cleanup is not None:
             warnings.warn(
-                f"{self!r} was not closed; closing it now. Use 'with' or call close().",
+                f"{self!r} was not closed; its display stays lent until the interpreter exits. "
+                "Use 'with' or call close().",
                 ResourceWarning,
                 stacklevel=2,
             )
-            with contextlib.suppress(Exception):
-                self.close()
+            atexit.register(cleanup.close)
 
     # -- async API --------------------------------------------------------------------------
 
@@ -333,124 +368,55 @@ class X11Passthrough:
         text = os.environ.get("DISPLAY")
         if not text:
             raise DisplayError(
-                "DISPLAY is not set and no display was given: run inside an X session, or pass "
-                "X11Passthrough(display=':0')"
+                "DISPLAY is not set and no display was given",
+                option="display",
+                hint=("run inside an X session, or pass ", Mention("display", ":0")),
             )
         return DisplayName.parse(text)
 
-    def _prepare(self, cleanup: Cleanup) -> _Session:
-        """Locate, prove, reserve, listen and write; register every undo step on `cleanup`."""
+    def _prepare(self, cleanup: Cleanup, watcher: Watcher | None) -> _Session:
+        """Prove, plan, gate and lend; register every undo step on `cleanup`."""
         opts = self._options
         connection = self._locator.connect(self._display_name())
         host = HostSide(
-            authority=self._authority_file(),
+            authority=default_path() if opts.xauthority is None else opts.xauthority,
             connect_timeout=opts.connect_timeout,
             untrusted_timeout=opts.untrusted_timeout,
             trusted_owners=self._locator.trusted_owners,
         )
+        if watcher is not None:
+            watcher.located(connection)
         upstream = host.open(connection, untrusted=opts.auth == "untrusted", cleanup=cleanup)
         self._untrusted = upstream.untrusted
-        chosen = plan(
-            transport=opts.transport,
-            engine=opts.engine,
-            bind=opts.bind,
-            host_alias=opts.host_alias,
-            gateway=opts.gateway,
-            host_dir=opts.host_dir,
-        )
-        forward = opts.auth == "forward"
-        cookie = upstream.real if forward else secrets.token_bytes(16)
-        strict = private = None
-        if cookie is not None:
-            strict = CookieGate(
-                expected_name=MIT_MAGIC_COOKIE_1,
-                expected_data=cookie,
-                replacement_name=MIT_MAGIC_COOKIE_1 if upstream.present else b"",
-                replacement_data=upstream.present or b"",
-            )
-            private = attrs.evolve(strict, admit_without_auth=True)
-        elif chosen.transport == "tcp":
-            # TCP tells nothing about who connects: any local user, and any container or
-            # host that reaches the address, would become a trusted client of the display.
-            raise ConfigurationError(
-                f"auth='forward' on transport='tcp': the X display {connection.name} admits "
-                "clients without a cookie, so forward mode has no cookie to demand, and the "
-                "relay's TCP port would admit every local user (and anyone reaching the "
-                "address) as a trusted client of your display. Use auth='substitute' (the "
-                "default), which guards the relay with a session cookie, or transport='unix'"
-            )
-        else:
-            logger.warning(
-                "the X display %s admits clients without a cookie, and auth='forward' has none "
-                "to demand: every container given the relay's socket becomes a trusted client "
-                "of your display (the abstract socket admits only your own uids). Use "
-                "auth='substitute' (the default) to guard the relay with a cookie.",
-                connection.name,
-            )
-        lent = lend(
-            chosen,
-            numbers=opts.display_range,
-            places=self._locator._places(abstract=True),
-            cookie=cookie,
-            strict=strict,
-            private=private,
-            container_xauthority=opts.container_xauthority,
-            container_hostname=opts.container_hostname,
-            private_file=forward,
-            cleanup=cleanup,
-        )
-        if forward and cookie is not None:
-            logger.info(
-                "auth='forward': the authority file holds your real cookie and stays 0600, so "
-                "the container must run as root or as your uid (--user %d)",
-                os.geteuid(),
-            )
-        allow = opts.allow
-        if allow is not None and chosen.transport == "unix":
-            raise ConfigurationError(
-                "allow=... filters the relay's TCP clients, and the UNIX transport has none: "
-                "only containers given the mounted socket reach it. Pass transport='tcp' to "
-                "filter by address, or leave allow out"
-            )
-        refresh_allow = None
-        if chosen.transport == "tcp" and allow is None:
-            bound = chosen.bind
-
-            def refresh_allow() -> tuple[IPNetwork, ...]:
-                # Facts, not names: the bound networks, this host's own addresses (its
-                # processes and --network host containers), and every engine network.
-                return tuple(
-                    dict.fromkeys(
-                        [*_netinfo.networks_for(bound), *chosen.networks, *_engine.networks()]
-                    )
-                )
-
-            allow = refresh_allow()
+        found = None
+        if watcher is not None:
+            watcher.proved(upstream, host.authority)
+            found = engine_as_told(opts.engine)
+            watcher.engine(found, opts.engine)
+        chosen = plan(opts, found)
+        gates = policy(opts, chosen, upstream, display=connection.name)
+        lent = lend(chosen, gates, opts, self._locator._places(abstract=True), cleanup)
         logger.info(
             "passthrough %s -> %s on %s (auth %s)",
             lent.args.display,
             upstream.endpoint,
-            lent.where,
+            ", ".join(map(str, lent.endpoints)),
             opts.auth,
+        )
+        relay_options = RelayOptions(
+            check_upstream=upstream.check,
+            setup_timeout=opts.setup_timeout,
+            stall_timeout=opts.stall_timeout,
+            connect_timeout=opts.connect_timeout,
+            allow=gates.allow,
+            refresh_allow=gates.refresh_allow,
+            hidden=upstream.hidden,
         )
         return _Session(
             endpoint=upstream.endpoint,
             listeners=lent.listeners,
-            relay_options=RelayOptions(
-                check_upstream=upstream.check,
-                setup_timeout=opts.setup_timeout,
-                stall_timeout=opts.stall_timeout,
-                connect_timeout=opts.connect_timeout,
-                allow=allow,
-                refresh_allow=refresh_allow,
-                hidden=upstream.hidden,
-            ),
+            endpoints=lent.endpoints,
+            relay_options=relay_options,
             args=lent.args,
             upstream=upstream,
         )
-
-    def _authority_file(self) -> str:
-        """Return the host authority file's path as libXau picks it ("" for none)."""
-        if self._options.xauthority is not None:
-            return self._options.xauthority
-        return default_path()

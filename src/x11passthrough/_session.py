@@ -87,7 +87,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .exceptions import ConfigurationError, X11PassthroughError
+from .exceptions import ConfigurationError, Mention, X11PassthroughError
 
 
 logger = logging.getLogger("x11passthrough")
@@ -106,6 +106,10 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: How many random names a session directory tries when one is taken.
 _NAME_ATTEMPTS = 16
+#: The option that names another base, in messages (``host_dir=...``, ``--host-dir ...``).
+_HOST_DIR = Mention("host_dir")
+_WRITABLE = ("pass ", _HOST_DIR, " pointing to a writable directory")
+_ONLY_YOURS = ("pass ", _HOST_DIR, " naming a directory only you can write")
 
 
 def start_time(pid: int) -> int | None:
@@ -201,8 +205,9 @@ class Directory:
             fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=self.fd)
         except OSError as e:
             raise X11PassthroughError(
-                f"cannot create {path}: {e.strerror or e}; pass host_dir=... pointing to "
-                "another directory"
+                f"cannot create {path}: {e.strerror or e}",
+                option="host_dir",
+                hint=("pass ", _HOST_DIR, " pointing to another directory"),
             ) from e
         try:
             with os.fdopen(fd, "wb") as f:
@@ -213,8 +218,13 @@ class Directory:
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=self.fd)
             raise X11PassthroughError(
-                f"cannot write {path}: {e.strerror or e}; free some space there, or pass "
-                "host_dir=... pointing to another directory"
+                f"cannot write {path}: {e.strerror or e}",
+                option="host_dir",
+                hint=(
+                    "free some space there, or pass ",
+                    _HOST_DIR,
+                    " pointing to another directory",
+                ),
             ) from e
         return path
 
@@ -246,7 +256,9 @@ def _check_made(fd: int, path: Path) -> None:
         raise X11PassthroughError(
             f"{path} is not the private directory just made there (it belongs to uid "
             f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}): another user can change "
-            f"{path.parent}; pass host_dir=... naming a directory only you can write"
+            f"{path.parent}",
+            option="host_dir",
+            hint=_ONLY_YOURS,
         )
 
 
@@ -283,13 +295,16 @@ class Session(Directory):
                 continue
             except OSError as e:
                 raise X11PassthroughError(
-                    f"cannot create a private directory in {base.path}: {e.strerror or e}; pass "
-                    "host_dir=... pointing to a writable directory"
+                    f"cannot create a private directory in {base.path}: {e.strerror or e}",
+                    option="host_dir",
+                    hint=_WRITABLE,
                 ) from e
         else:
             raise X11PassthroughError(
                 f"cannot create a private directory in {base.path}: {_NAME_ATTEMPTS} random "
-                "names were all taken; pass host_dir=... pointing to another directory"
+                "names were all taken",
+                option="host_dir",
+                hint=("pass ", _HOST_DIR, " pointing to another directory"),
             )
         path = base.path / name
         try:
@@ -297,8 +312,9 @@ class Session(Directory):
         except OSError as e:
             raise X11PassthroughError(
                 f"{path} is not the private directory just made there ({e.strerror}): another "
-                f"user can change {base.path}; pass host_dir=... naming a directory only you "
-                "can write"
+                f"user can change {base.path}",
+                option="host_dir",
+                hint=_ONLY_YOURS,
             ) from e
         try:
             _check_made(fd, path)
@@ -354,8 +370,9 @@ def _take_lock(fd: int, path: Path) -> int:
         lock = os.open(_NEW_LOCK_NAME, _NEW_FILE_FLAGS, 0o600, dir_fd=fd)
     except OSError as e:
         raise X11PassthroughError(
-            f"cannot create {path / LOCK_NAME}: {e.strerror or e}; pass host_dir=... pointing "
-            "to another directory"
+            f"cannot create {path / LOCK_NAME}: {e.strerror or e}",
+            option="host_dir",
+            hint=("pass ", _HOST_DIR, " pointing to another directory"),
         ) from e
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -364,7 +381,10 @@ def _take_lock(fd: int, path: Path) -> int:
         os.close(lock)
         raise X11PassthroughError(
             f"cannot lock {path / LOCK_NAME}: {e.strerror or e}; the file system of "
-            f"{path.parent} may not support locks: pass host_dir=... on a local one"
+            f"{path.parent} may not support locks: pass ",
+            _HOST_DIR,
+            " on a local one",
+            option="host_dir",
         ) from e
     return lock
 
@@ -422,16 +442,26 @@ def _unsafe(info: os.stat_result) -> str | None:
     return None
 
 
-def _fix(path: Path, problem: str) -> str:
+def _fix(path: Path, problem: str) -> tuple[str | Mention, ...]:
     if problem.startswith("belongs"):
         return (
-            "use a directory of your own: pass host_dir=... naming one (e.g. "
-            "mkdir -m 0700 ~/.x11passthrough)"
+            "use a directory of your own: pass ",
+            _HOST_DIR,
+            " naming one (e.g. mkdir -m 0700 ~/.x11passthrough)",
         )
     return (
         f"make it private (chmod go-w {path}) or give it the sticky bit (chmod +t {path}), or "
-        "pass host_dir=... naming a directory only you can write"
+        "pass ",
+        _HOST_DIR,
+        " naming a directory only you can write",
     )
+
+
+def _named(what: str, path: Path) -> tuple[str | Mention, ...]:
+    """Name `path` in a message: ``host_dir=PATH`` for the option, else `what` and the path."""
+    if what == "host_dir=":
+        return (Mention("host_dir", path),)
+    return (f"{what}{path}",)
 
 
 def open_base(path: Path, *, what: str) -> Directory:
@@ -451,16 +481,20 @@ def open_base(path: Path, *, what: str) -> Directory:
         base = Directory.open(path)
     except OSError as e:
         raise X11PassthroughError(
-            f"cannot create a private directory in {path}: {e.strerror or e}; pass "
-            "host_dir=... pointing to a writable directory"
+            f"cannot create a private directory in {path}: {e.strerror or e}",
+            option="host_dir",
+            hint=_WRITABLE,
         ) from e
     try:
         base.path = _checked(base.fd, path, what)
     except OSError as e:
         base.close()
         raise X11PassthroughError(
-            f"cannot check {what}{path}: {e.strerror or e}; pass host_dir=... naming a "
-            "directory only you can write"
+            "cannot check ",
+            *_named(what, path),
+            f": {e.strerror or e}",
+            option="host_dir",
+            hint=_ONLY_YOURS,
         ) from e
     except BaseException:
         base.close()
@@ -475,22 +509,33 @@ def _checked(fd: int, path: Path, what: str) -> Path:
     problem = _unsafe(held)
     if problem is not None:
         raise ConfigurationError(
-            f"{what}{real} {problem}: another user could swap the session directory made "
-            f"there for a symlink, and so read its cookie; {_fix(real, problem)}"
+            *_named(what, real),
+            f" {problem}: another user could swap the session directory made there for a "
+            "symlink, and so read its cookie",
+            option="host_dir",
+            value=real,
+            hint=_fix(real, problem),
         )
     for parent in reversed(real.parents):
         info = os.stat(parent, follow_symlinks=False)
         problem = _unsafe(info) or (None if stat.S_ISDIR(info.st_mode) else "is not a directory")
         if problem is not None:
             raise ConfigurationError(
-                f"{what}{real} lies in {parent}, which {problem}: another user could swap "
-                f"{real} for a symlink to a directory of theirs; {_fix(parent, problem)}"
+                *_named(what, real),
+                f" lies in {parent}, which {problem}: another user could swap {real} for a "
+                "symlink to a directory of theirs",
+                option="host_dir",
+                value=real,
+                hint=_fix(parent, problem),
             )
     named = os.stat(real)
     if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
         raise ConfigurationError(
-            f"{what}{path} changed while it was checked: another user may be changing it; "
-            "pass host_dir=... naming a directory only you can write"
+            *_named(what, path),
+            " changed while it was checked: another user may be changing it",
+            option="host_dir",
+            value=path,
+            hint=_ONLY_YOURS,
         )
     return real
 

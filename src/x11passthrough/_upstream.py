@@ -31,6 +31,7 @@ from .exceptions import (
     DisplayAuthorizationError,
     DisplayError,
     DisplayOwnerError,
+    Mention,
     SecurityExtensionError,
     X11SetupError,
 )
@@ -162,16 +163,24 @@ class HostSide:
                 "a connection without a cookie (there is no entry for display "
                 f"{connection.name} in {where})"
             )
-            hint = "add one (xauth add), or point XAUTHORITY / xauthority=... at the right file"
+            hint: tuple[str | Mention, ...] = (
+                "add one (xauth add), or point XAUTHORITY / ",
+                Mention("xauthority"),
+                " at the right file",
+            )
         else:
             what = f"the cookie for display {connection.name} from {where}"
             hint = (
-                "the file holds a stale cookie: log in again, or point xauthority=... at the "
-                "file your X server uses"
+                "the file holds a stale cookie: log in again, or point ",
+                Mention("xauthority"),
+                " at the file your X server uses",
             )
         return DisplayAuthorizationError(
             f"the X server at {connection.endpoint} refused {what}: "
-            f"{reason.strip() or 'no reason given'}; {hint}"
+            f"{reason.strip() or 'no reason given'}",
+            option="xauthority",
+            value=self.authority,
+            hint=hint,
         )
 
     def _check(self, connection: DisplayConnection, real: bytes | None) -> Hidden:

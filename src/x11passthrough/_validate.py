@@ -1,7 +1,7 @@
 """
 Converters for arguments that cross a public edge: one check each, one exception.
 
-Strictly private. Every public constructor or method that takes one of these values
+Every public constructor or method that takes one of these values
 (:class:`~x11passthrough.X11Passthrough`, :class:`~x11passthrough.display.DisplayLocator`,
 the relay options) converts it here once, into a typed value, and raises
 :class:`~x11passthrough.exceptions.ConfigurationError` naming the value and a valid form.
@@ -16,8 +16,9 @@ import os
 
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, Mention, Words
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -28,6 +29,33 @@ MAX_DISPLAY_NUMBER = 65535 - 6000
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
+_Choice = TypeVar("_Choice", bound=str)
+
+
+def bad(name: str, value: object, *words: str | Mention, hint: Words = ()) -> ConfigurationError:
+    """Return the error for option `name`: ``name=value`` and then `words`."""
+    return ConfigurationError(Mention(name, value), *words, option=name, value=value, hint=hint)
+
+
+def about(name: str, value: object, *words: str | Mention, hint: Words = ()) -> ConfigurationError:
+    """Return the error for option `name` whose message starts with `words` (not the value)."""
+    return ConfigurationError(*words, option=name, value=value, hint=hint)
+
+
+def choice(
+    value: object, *, name: str, choices: tuple[_Choice, ...], what: str, hint: str
+) -> _Choice:
+    """
+    Convert one of a ``Literal``'s values (`choices`, e.g. ``get_args(Transport)``).
+
+    Raises:
+        ConfigurationError: ``name=value is not {what}; use {hint}``.
+    """
+    for known in choices:
+        if value == known:
+            return known
+    raise bad(name, value, f" is not {what}; use {hint}")
+
 
 def _items(value: object, name: str, what: str, example: str) -> list[object]:
     """Return `value` as a list of items: one str or object, or an iterable of them."""
@@ -36,9 +64,11 @@ def _items(value: object, name: str, what: str, example: str) -> list[object]:
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return [value]
     if isinstance(value, (bytes, bytearray)) or not isinstance(value, Iterable):
-        raise ConfigurationError(
-            f"{name}={value!r} is a {type(value).__name__}, not {what}; pass a string such as "
-            f"{example!r}, or a list of them"
+        raise bad(
+            name,
+            value,
+            f" is a {type(value).__name__}, not {what}; pass a string such as {example!r}, or "
+            "a list of them",
         )
     return list(value)
 
@@ -62,33 +92,44 @@ def bind_addresses(value: object, *, name: str = "bind") -> tuple[IPAddress, ...
             try:
                 ip = ipaddress.ip_address(item)
             except ValueError:
-                raise ConfigurationError(
+                raise about(
+                    name,
+                    value,
                     f"{name} address {item!r} is not an IP address; pass addresses of this "
-                    f"host's interfaces, e.g. '127.0.0.1' or the docker0 address {example!r}"
+                    f"host's interfaces, e.g. '127.0.0.1' or the docker0 address {example!r}",
                 ) from None
         else:
-            raise ConfigurationError(
+            raise about(
+                name,
+                value,
                 f"{name} entry {item!r} is a {type(item).__name__}, not an IP address string "
-                f"such as {example!r}"
+                f"such as {example!r}",
             )
         if ip.is_multicast or ip == _BROADCAST:
             kind = "multicast" if ip.is_multicast else "broadcast"
-            raise ConfigurationError(
+            raise about(
+                name,
+                value,
                 f"{name} address {str(ip)!r} is a {kind} address, which a relay cannot listen "
-                f"on; pass a unicast address of this host, e.g. {example!r}"
+                f"on; pass a unicast address of this host, e.g. {example!r}",
             )
         if ip not in found:
             found.append(ip)
     if not found:
-        raise ConfigurationError(
-            f"{name}=() names no address; pass e.g. {name}=('127.0.0.1',), or None for the default"
+        raise bad(
+            name,
+            value,
+            " names no address",
+            hint=("pass e.g. ", Mention(name, ("127.0.0.1",)), ", or None for the default"),
         )
     for wildcard in (ipaddress.IPv4Address("0.0.0.0"), ipaddress.IPv6Address("::")):
         same = [str(ip) for ip in found if ip.version == wildcard.version]
         if len(same) > 1 and wildcard in found:
-            raise ConfigurationError(
+            raise about(
+                name,
+                value,
                 f"{name} addresses {same!r} overlap: {wildcard} already covers the others; "
-                "pass either the wildcard or the specific addresses"
+                "pass either the wildcard or the specific addresses",
             )
     return tuple(found)
 
@@ -109,20 +150,30 @@ def networks(value: object, *, name: str = "allow") -> tuple[IPNetwork, ...]:
             try:
                 net = ipaddress.ip_network(item, strict=False)
             except ValueError:
-                raise ConfigurationError(
-                    f"{name} entry {item!r} is not a network; use CIDR notation like {example!r}"
+                raise about(
+                    name,
+                    value,
+                    f"{name} entry {item!r} is not a network; use CIDR notation like {example!r}",
                 ) from None
         else:
-            raise ConfigurationError(
+            raise about(
+                name,
+                value,
                 f"{name} entry {item!r} is a {type(item).__name__}, not a network such as "
-                f"{example!r}"
+                f"{example!r}",
             )
         if net not in found:
             found.append(net)
     if not found:
-        raise ConfigurationError(
-            f"{name}=[] admits no client at all; pass the networks to admit, e.g. "
-            f"{name}=[{example!r}], or None for the default"
+        raise bad(
+            name,
+            value,
+            " admits no client at all",
+            hint=(
+                "pass the networks to admit, e.g. ",
+                Mention(name, [example]),
+                ", or None for the default",
+            ),
         )
     return tuple(found)
 
@@ -139,11 +190,9 @@ def display_numbers(value: object, *, name: str = "display_range") -> range | tu
     elif isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
         numbers = tuple(value)
     else:
-        raise ConfigurationError(
-            f"{name}={value!r} is not a range of display numbers; pass e.g. range(50, 300)"
-        )
+        raise bad(name, value, " is not a range of display numbers", hint=_A_RANGE)
     if not numbers:
-        raise ConfigurationError(f"{name}={value!r} is empty; pass e.g. range(50, 300)")
+        raise bad(name, value, " is empty", hint=_A_RANGE)
     ends = (numbers[0], numbers[-1]) if isinstance(numbers, range) else numbers
     for number in ends:
         if (
@@ -151,11 +200,17 @@ def display_numbers(value: object, *, name: str = "display_range") -> range | tu
             or not isinstance(number, int)
             or not 0 <= number <= MAX_DISPLAY_NUMBER
         ):
-            raise ConfigurationError(
-                f"{name}={value!r} holds {number!r}, not a display number from 0 to "
-                f"{MAX_DISPLAY_NUMBER} (port 6000+N must fit in 65535); pass e.g. range(50, 300)"
+            raise bad(
+                name,
+                value,
+                f" holds {number!r}, not a display number from 0 to {MAX_DISPLAY_NUMBER} "
+                "(port 6000+N must fit in 65535)",
+                hint=_A_RANGE,
             )
     return numbers
+
+
+_A_RANGE = ("pass e.g. range(50, 300)",)
 
 
 def seconds(value: object, *, name: str, allow_zero: bool = False) -> float:
@@ -173,7 +228,7 @@ def seconds(value: object, *, name: str, allow_zero: bool = False) -> float:
         or (value == 0 and not allow_zero)
     ):
         what = "0 or a positive" if allow_zero else "a positive"
-        raise ConfigurationError(f"{name}={value!r} must be {what} number of seconds")
+        raise bad(name, value, f" must be {what} number of seconds")
     return float(value)
 
 
@@ -185,7 +240,7 @@ def count(value: object, *, name: str, minimum: int = 1) -> int:
         ConfigurationError: The value is not such a number.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name}={value!r} must be a whole number >= {minimum}")
+        raise bad(name, value, f" must be a whole number >= {minimum}")
     return value
 
 
@@ -213,29 +268,32 @@ def container_path(value: object, *, name: str) -> PurePosixPath:
     """
     text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
     if not isinstance(text, str):
-        raise ConfigurationError(
-            f"{name}={value!r} must be an absolute path string, e.g. '/tmp/.x11passthrough.xauth'"
+        raise bad(
+            name, value, " must be an absolute path string, e.g. '/tmp/.x11passthrough.xauth'"
         )
     path = PurePosixPath(text)
     if not path.is_absolute():
-        raise ConfigurationError(f"{name}={str(path)!r} must be an absolute path")
+        raise bad(name, str(path), " must be an absolute path")
     _check_mountable(str(path), name)
     return path
 
 
 def _path(value: object, *, name: str) -> Path:
     if not isinstance(value, (str, os.PathLike)):
-        raise ConfigurationError(f"{name}={value!r} must be a path (str or os.PathLike)")
+        raise bad(name, value, " must be a path (str or os.PathLike)")
     text = os.fspath(value)
     if not isinstance(text, str) or not text or "\0" in text:
-        raise ConfigurationError(f"{name}={value!r} must be a non-empty path without NUL bytes")
+        raise bad(name, value, " must be a non-empty path without NUL bytes")
     return Path(text)
 
 
 def _check_mountable(text: str, name: str) -> None:
     for separator in (":", ","):
         if separator in text:
-            raise ConfigurationError(
-                f"{name}={text!r} contains {separator!r}, which docker's --volume and --mount "
-                "options read as a separator; choose a path without ':' and ','"
+            raise bad(
+                name,
+                text,
+                f" contains {separator!r}, which docker's --volume and --mount options read as "
+                "a separator",
+                hint=("choose a path without ':' and ','",),
             )

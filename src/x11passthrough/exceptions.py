@@ -2,11 +2,23 @@
 Exceptions raised by x11passthrough.
 
 Every error the library raises on purpose derives from :class:`X11PassthroughError`, so
-``except X11PassthroughError`` catches them all. Each class also derives from the builtin that
-fits it best, so code that already catches ``ValueError`` or ``OSError`` keeps working.
+``except X11PassthroughError`` catches them all. A class also derives from a builtin where that
+is what it means (a bad value is a ``ValueError``, a refused endpoint a ``PermissionError``),
+and from none where no builtin fits.
+
+An error that an option of the caller's can fix carries that option, the value it had and a
+hint (:attr:`X11PassthroughError.option`, :attr:`~X11PassthroughError.value`,
+:attr:`~X11PassthroughError.hint`); the message names options as keyword arguments
+(``bind='127.0.0.1'``), and :meth:`X11PassthroughError.explain` says it in other words, as
+the command line does (``--bind 127.0.0.1``).
 """
 
 from __future__ import annotations
+
+import os
+
+from collections.abc import Callable, Sequence
+from typing import Final, final
 
 
 __all__ = [
@@ -17,6 +29,7 @@ __all__ = [
     "DisplayNameError",
     "DisplayNotFoundError",
     "DisplayOwnerError",
+    "Mention",
     "NoFreeDisplayError",
     "RelayError",
     "SecurityExtensionError",
@@ -28,12 +41,115 @@ __all__ = [
 ]
 
 
+#: The value of a :class:`Mention` that names an option without a value (``bind=...``).
+ANY: Final = ...
+
+
+@final
+class Mention:
+    """
+    An option named in a message, with the value it should have (or :data:`ANY`).
+
+    The library spells it as a keyword argument, ``transport='tcp'``; the command line as a
+    flag, ``--transport tcp``.
+
+    .. versionadded:: 0.2.0
+    """
+
+    __slots__ = ("option", "value")
+
+    def __init__(self, option: str, value: object = ANY) -> None:
+        self.option = option
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Mention({self.option!r}, {self.value!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mention):
+            return NotImplemented
+        return (self.option, self.value) == (other.option, other.value)
+
+    def __hash__(self) -> int:
+        return hash(self.option)
+
+
+#: Words of a message: text, and options named in it.
+Words = Sequence["str | Mention"]
+#: How options are spelled in a message: a :class:`Mention` to text.
+Spelling = Callable[[Mention], str]
+
+
+def keyword(mention: Mention) -> str:
+    """Spell `mention` as a keyword argument: ``bind=...``, ``transport='tcp'``, ``host_dir=/x``."""
+    if mention.value is ANY:
+        return f"{mention.option}=..."
+    if isinstance(mention.value, os.PathLike):
+        return f"{mention.option}={os.fspath(mention.value)}"
+    return f"{mention.option}={mention.value!r}"
+
+
 class X11PassthroughError(Exception):
-    """Base class of every error raised by x11passthrough."""
+    """
+    Base class of every error raised by x11passthrough.
+
+    Attributes:
+        option: The option (keyword argument) at fault, or that widens what failed; or None.
+        value: The value `option` had (None when there is no option).
+        hint: What to do, in the message's words ("" when the message has none apart).
+
+    .. versionchanged:: 0.2.0
+       The `option`, `value` and `hint` attributes, and :meth:`explain`.
+    """
+
+    option: str | None
+    value: object
+
+    def __init__(
+        self,
+        *words: str | Mention,
+        option: str | None = None,
+        value: object = None,
+        hint: Words = (),
+    ) -> None:
+        self.option = option
+        self.value = value
+        self._words = tuple(words)
+        self._hint = tuple(hint)
+        super().__init__(self.explain(keyword))
+
+    @property
+    def hint(self) -> str:
+        """What to do, spelled as keyword arguments ("" when the message has no hint apart)."""
+        return _spell(self._hint, keyword)
+
+    def explain(self, spell: Spelling) -> str:
+        """Return the message with every option it names spelled by `spell`."""
+        text = _spell(self._words, spell)
+        hint = _spell(self._hint, spell)
+        return f"{text}; {hint}" if text and hint else text or hint
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle the words and fields, not the rendered message."""
+        return (_rebuild, (type(self), self._words, self.option, self.value, self._hint))
+
+
+def _spell(words: Words, spell: Spelling) -> str:
+    return "".join(w if isinstance(w, str) else spell(w) for w in words)
+
+
+def _rebuild(
+    cls: type[X11PassthroughError],
+    words: Words,
+    option: str | None,
+    value: object,
+    hint: Words,
+) -> X11PassthroughError:
+    return cls(*words, option=option, value=value, hint=hint)
 
 
 class ConfigurationError(X11PassthroughError, ValueError):
-    """An option passed to x11passthrough is invalid; the message names it and a valid form."""
+    """An option passed to x11passthrough is invalid; it names the option and a valid form."""
 
 
 class XauthorityError(X11PassthroughError, ValueError):
@@ -44,15 +160,20 @@ class XauthorityLockError(XauthorityError, TimeoutError):
     """The lock on an Xauthority file could not be taken in time (libXau lock protocol)."""
 
 
-class DisplayError(X11PassthroughError, ValueError):
-    """A display name is invalid, or the display cannot be used."""
+class DisplayError(X11PassthroughError):
+    """
+    A display name is invalid, or the display cannot be used.
+
+    .. versionchanged:: 0.2.0
+       No longer a ``ValueError``: only :class:`DisplayNameError` is one.
+    """
 
 
-class DisplayNameError(DisplayError):
+class DisplayNameError(DisplayError, ValueError):
     """A ``DISPLAY`` value cannot be parsed."""
 
 
-class DisplayNotFoundError(DisplayError, LookupError):
+class DisplayNotFoundError(DisplayError):
     """No live X server answers for a display; the message lists every place tried."""
 
 
@@ -62,7 +183,8 @@ class DisplayOwnerError(DisplayError, PermissionError):
 
     Raised when every place the display could listen on is missing or owned by a uid other
     than root and the current user (a squatter on ``127.0.0.1:6000+N`` or on the abstract
-    socket). The message names the endpoint and its owner.
+    socket). The message names the endpoint and its owner; `option` is ``trusted_owners``,
+    which admits that owner.
     """
 
 
@@ -76,11 +198,24 @@ class DisplayAuthorizationError(DisplayError, PermissionError):
 
 
 class NoFreeDisplayError(DisplayError):
-    """No display number in the requested range could be reserved."""
+    """
+    No display number in the requested range could be reserved.
+
+    `option` names the range (``display_range``, or ``range`` for
+    :meth:`~x11passthrough.display.DisplayLocator.reserve`) and `value` a wider one.
+    """
 
 
 class BindError(X11PassthroughError, OSError):
     """The relay's listening socket cannot be bound on the requested address."""
+
+    def __init__(self, errno: int | None, message: str) -> None:
+        X11PassthroughError.__init__(self, message)
+        OSError.__init__(self, errno, message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle as ``BindError(errno, message)``."""
+        return (type(self), (self.errno, self.strerror))
 
     def __str__(self) -> str:
         """Return the message without OSError's ``[Errno N]`` prefix (``errno`` keeps it)."""

@@ -16,7 +16,7 @@ from types import TracebackType
 
 import attrs
 
-from ..exceptions import DisplayNotFoundError, DisplayOwnerError
+from ..exceptions import DisplayNotFoundError, DisplayOwnerError, Mention
 from ._endpoint import Endpoint, why_failed
 from ._name import _TRAILING_SCREEN_RE, DisplayName
 from ._owner import ownership_problem
@@ -115,8 +115,9 @@ def connect(
         tried = "".join(f"\n  {f}" for f in failures)
         raise DisplayOwnerError(
             f"no X server of yours answers for display {str(name)!r}; tried:{tried}\n"
-            "If that user's X server is meant to be shared with you, pass "
-            "DisplayLocator(trusted_owners=...) with its uid as locator=..."
+            "If that user's X server is meant to be shared with you, pass ",
+            Mention("trusted_owners"),
+            option="trusted_owners",
         )
     hint = "is the X server running, and is DISPLAY right?"
     if not name.is_local:

@@ -18,7 +18,7 @@ from types import TracebackType
 import attrs
 
 from .._validate import MAX_DISPLAY_NUMBER, IPAddress
-from ..exceptions import BindError, NoFreeDisplayError
+from ..exceptions import BindError, Mention, NoFreeDisplayError
 from ._endpoint import why_failed
 from ._name import X_TCP_PORT
 
@@ -195,6 +195,7 @@ def reserve(
     *,
     abstract: bool = False,
     freebind: bool = False,
+    option: str = "range",
 ) -> Reservation:
     """
     Claim the first free number of `numbers` and listen on port 6000+M of each `bind` address.
@@ -204,6 +205,7 @@ def reserve(
     container) tries that name first, so it must be ours, not a squatter's. Without `bind`,
     TCP port 6000+M is then neither checked nor used. With `freebind`, the `bind` addresses
     need not exist yet (Linux ``IP_FREEBIND``): connections arrive once an interface has one.
+    `option` is the caller's name for `numbers`, which the error suggests widening.
 
     The arguments are already valid (see :mod:`x11passthrough._validate`); the public
     :meth:`~x11passthrough.display.DisplayLocator.reserve` documents the rules.
@@ -245,13 +247,15 @@ def reserve(
         if len(examples) < 3:
             examples.append(f"{number}: {reason}")
     low, high = _bounds(numbers)
-    wider = f"range({low}, {min(high + 501, MAX_DISPLAY_NUMBER + 1)})"
+    wider = range(low, min(high + 501, MAX_DISPLAY_NUMBER + 1))
     more = ", ..." if held + busy > len(examples) else ""
     raise NoFreeDisplayError(
         f"no free display number in {_range_text(numbers)}: {held} held by X servers or "
         f"other processes (socket, lock file or abstract socket), {busy} with TCP port "
-        f"6000+N in use ({'; '.join(examples)}{more}){_holders_text(squatted)}; pass a wider "
-        f"range, e.g. reserve(range={wider})"
+        f"6000+N in use ({'; '.join(examples)}{more}){_holders_text(squatted)}",
+        option=option,
+        value=wider,
+        hint=("pass a wider range, e.g. ", Mention(option, wider)),
     )
 
 
