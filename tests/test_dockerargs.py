@@ -55,9 +55,9 @@ def test_parts(args: DockerRunArgs) -> None:
         "DISPLAY": "host.docker.internal:57",
         "XAUTHORITY": "/tmp/.x11passthrough.xauth",
     }
-    assert dict(args.volumes) == {
-        "/run/user/1000/x11pt-abc/Xauthority": "/tmp/.x11passthrough.xauth"
-    }
+    assert args.mounts == (
+        ("/run/user/1000/x11pt-abc/Xauthority", "/tmp/.x11passthrough.xauth", True),
+    )
     assert dict(args.extra_hosts) == {"host.docker.internal": "host-gateway"}
     with pytest.raises(TypeError):
         args.environment["DISPLAY"] = "x"  # type: ignore[index]

@@ -101,7 +101,7 @@ def test_rootful_podman_on_tcp(
     ) as args:
         assert args.display.startswith("tcp/host.containers.internal:")
         assert not any(a.startswith("--add-host") for a in args)
-        assert args.add_hosts == ()
+        assert dict(args.extra_hosts) == {}
         succeeded(podman(podman_image, list(args), client, options), client)
 
 

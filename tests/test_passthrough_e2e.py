@@ -250,7 +250,7 @@ def test_tcp_clients_without_any_cookie_are_refused(xvfb: XServer, x11_image: st
     """On TCP (reachable by others) no authorization means no display."""
     with lend(xvfb, "tcp") as args:
         bare = [f"--env=DISPLAY={args.display}"]
-        bare += [f"--add-host={name}:{value}" for name, value in args.add_hosts]
+        bare += [f"--add-host={name}:{value}" for name, value in args.extra_hosts.items()]
         result = docker_run(x11_image, bare, "xdpyinfo")
         assert result.returncode != 0
         assert "x11passthrough: no authorization" in result.stderr

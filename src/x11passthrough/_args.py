@@ -1,10 +1,15 @@
 """
-The container-side half of a passthrough: docker-run arguments and their other spellings.
+The container-side half of a passthrough: docker-run arguments and every other rendering.
 
-Strictly private: import :class:`DockerRunArgs` from :mod:`x11passthrough`.
+Import :class:`DockerRunArgs` from :mod:`x11passthrough`. Its renderings all live here: the
+argv (iterating), the Docker SDK's keyword arguments, a Compose service (a dict, and a whole
+override file), shell variables, and the plain pieces packagers merge.
 """
 
 from __future__ import annotations
+
+import json
+import shlex
 
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path, PurePosixPath
@@ -56,7 +61,7 @@ class DockerRunArgs:
 
     The same content comes as Docker SDK keyword arguments (:meth:`docker_py`), a Compose
     service (:meth:`compose`), settings of a testcontainers container (:meth:`apply_to`), and
-    plain pieces for packagers (:attr:`environment`, :attr:`mounts`, :attr:`add_hosts`,
+    plain pieces for packagers (:attr:`environment`, :attr:`mounts`, :attr:`extra_hosts`,
     :meth:`add_to`).
 
     Attributes:
@@ -101,16 +106,6 @@ class DockerRunArgs:
             found.append((str(self.xauthority), str(self.container_xauthority), True))
         return tuple(found)
 
-    @property
-    def volumes(self) -> Mapping[str, str]:
-        """The bind mounts, host path to container path."""
-        return MappingProxyType({host: inside for host, inside, _ in self.mounts})
-
-    @property
-    def add_hosts(self) -> tuple[tuple[str, str], ...]:
-        """The ``/etc/hosts`` additions, as ``(name, address)``."""
-        return tuple(self.extra_hosts.items())
-
     def __iter__(self) -> Iterator[str]:
         for name, value in self.extra_hosts.items():
             yield from ("--add-host", f"{name}:{value}")
@@ -135,7 +130,7 @@ class DockerRunArgs:
         """
         kwargs.setdefault("env", {}).update(self.environment)
         kwargs.setdefault("mounts", []).extend((host, inside) for host, inside, _ in self.mounts)
-        kwargs.setdefault("add_hosts", []).extend(self.add_hosts)
+        kwargs.setdefault("add_hosts", []).extend(self.extra_hosts.items())
         return kwargs
 
     def docker_py(self) -> dict[str, Any]:
@@ -204,3 +199,38 @@ class DockerRunArgs:
         if self.hostname is not None:
             service["hostname"] = self.hostname
         return service
+
+
+def compose_file(args: DockerRunArgs, service: str) -> str:
+    """Return a complete Compose override file (YAML) giving `service` the display."""
+    q = json.dumps  # JSON strings are YAML double-quoted scalars
+    fragment = args.compose()
+    lines = ["services:", f"  {q(service)}:"]
+    lines.append("    environment:")
+    lines += [f"      {q(k)}: {q(v)}" for k, v in fragment["environment"].items()]
+    if fragment["volumes"]:
+        lines.append("    volumes:")
+        for volume in fragment["volumes"]:
+            lines.append(f"      - type: {q(volume['type'])}")
+            lines.append(f"        source: {q(volume['source'])}")
+            lines.append(f"        target: {q(volume['target'])}")
+            lines.append(f"        read_only: {'true' if volume['read_only'] else 'false'}")
+    if fragment.get("extra_hosts"):
+        lines.append("    extra_hosts:")
+        lines += [f"      - {q(h)}" for h in fragment["extra_hosts"]]
+    if fragment.get("hostname"):
+        lines.append(f"    hostname: {q(fragment['hostname'])}")
+    return "\n".join(lines)
+
+
+def env_lines(args: DockerRunArgs) -> str:
+    """Return shell assignments: the pieces, and all docker-run options in one variable."""
+    values = {
+        "X11PASSTHROUGH_DISPLAY": args.display,
+        "X11PASSTHROUGH_XAUTHORITY": str(args.xauthority or ""),
+        "X11PASSTHROUGH_CONTAINER_XAUTHORITY": str(args.container_xauthority),
+        "X11PASSTHROUGH_SOCKET": str(args.socket or ""),
+        "X11PASSTHROUGH_CONTAINER_SOCKET": str(args.container_socket or ""),
+        "X11PASSTHROUGH_ARGS": shlex.join(args),
+    }
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in values.items())
