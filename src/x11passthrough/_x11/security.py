@@ -17,7 +17,7 @@ import Xlib.display
 import Xlib.error
 import Xlib.ext.security
 
-from ..exceptions import SecurityExtensionError, X11SetupError
+from ..exceptions import Mention, SecurityExtensionError, X11SetupError
 from .wire import MIT_MAGIC_COOKIE_1, hidden
 from .xlib import deadline
 
@@ -65,7 +65,10 @@ class SecurityClient:
             self.close()
             raise SecurityExtensionError(
                 f"the X server at {where} lacks the SECURITY extension, so it cannot "
-                "issue untrusted cookies; use auth='substitute' instead"
+                "issue untrusted cookies",
+                option="auth",
+                value="untrusted",
+                hint=("use ", Mention("auth", "substitute"), " instead"),
             )
 
     def close(self) -> None:
