@@ -23,7 +23,7 @@ from .._x11.requests import Hidden, RequestFilter
 from .._x11.wire import failed_reply
 from .flows import HAVE_SPLICE, MAX_SPLICE_PIPES, PIPE_SIZE, CopyFlow, Flow, SpliceFlow
 from .options import SetupFilter
-from .sockets import TCP_FAMILIES, close_socket, describe_error, open_pipe, upstream_address
+from .sockets import TCP_FAMILIES, close_socket, describe_error, open_pipe
 from .stats import DataPath
 
 
@@ -304,7 +304,7 @@ class Connection:
     async def _connect(self) -> socket.socket:
         """Open a non-blocking connection to the display within ``connect_timeout``."""
         timeout = self._path.options.connect_timeout
-        address = upstream_address(self._target)
+        address = self._target.address
         if isinstance(address, str):
             return await self._connect_one(socket.AF_UNIX, 0, address, timeout)
         host, port = address

@@ -13,14 +13,8 @@ import ipaddress
 import os
 import socket
 
-from typing import TYPE_CHECKING
-
 from .._validate import IPNetwork
 from ..exceptions import RelayError
-
-
-if TYPE_CHECKING:
-    from .._display._endpoint import Endpoint
 
 
 TCP_FAMILIES = frozenset({socket.AF_INET, socket.AF_INET6})
@@ -68,16 +62,6 @@ def close_socket(sock: socket.socket | None) -> None:
             if not sock.recv(65536):
                 break
     sock.close()
-
-
-def upstream_address(endpoint: Endpoint) -> str | tuple[str, int]:
-    """Return the AF_UNIX address, or the TCP host and port, of `endpoint`."""
-    if endpoint.kind in ("unix", "abstract") and endpoint.path:
-        return endpoint.path if endpoint.kind == "unix" else "\0" + endpoint.path
-    if endpoint.kind == "tcp" and endpoint.host and endpoint.port is not None:
-        return endpoint.host, endpoint.port
-    # Endpoint validates its fields; this guards against objects that only look like one.
-    raise RelayError(f"the relay cannot connect to the endpoint {endpoint!r}")  # pragma: no cover
 
 
 def check_listener(listener: socket.socket) -> socket.socket:
