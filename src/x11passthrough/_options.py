@@ -68,34 +68,19 @@ def _xauthority(value: object) -> str | None:
 
 
 def auth_mode(value: object) -> AuthMode:
-    return _validate.choice(
-        value,
-        name="auth",
-        choices=get_args(AuthMode),
-        what="an auth mode",
-        hint="'substitute' (default), 'untrusted' or 'forward'",
-    )
+    use = "'substitute' (default), 'untrusted' or 'forward'"
+    return _validate.choice(value, "auth", get_args(AuthMode), f"an auth mode; use {use}")
 
 
 def transport_choice(value: object) -> Transport:
-    return _validate.choice(
-        value,
-        name="transport",
-        choices=get_args(Transport),
-        what="a transport",
-        hint="'auto' (default), 'unix' (a socket bind-mounted into the container) or 'tcp'",
-    )
+    use = "'auto' (default), 'unix' (a socket bind-mounted into the container) or 'tcp'"
+    return _validate.choice(value, "transport", get_args(Transport), f"a transport; use {use}")
 
 
 def engine_choice(value: object) -> EngineChoice:
-    return _validate.choice(
-        value,
-        name="engine",
-        choices=get_args(EngineChoice),
-        what="an engine",
-        hint="'auto' (default), 'docker', 'podman' or 'desktop' (an engine in a VM: Docker "
-        "Desktop, podman machine, Colima ...)",
-    )
+    use = "'auto' (default), 'docker', 'podman' or 'desktop' (an engine in a VM: Docker Desktop"
+    use += ", podman machine, Colima ...)"
+    return _validate.choice(value, "engine", get_args(EngineChoice), f"an engine; use {use}")
 
 
 def _host_alias(value: object) -> str | None:

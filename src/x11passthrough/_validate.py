@@ -42,19 +42,17 @@ def about(name: str, value: object, *words: str | Mention, hint: Words = ()) -> 
     return ConfigurationError(*words, option=name, value=value, hint=hint)
 
 
-def choice(
-    value: object, *, name: str, choices: tuple[_Choice, ...], what: str, hint: str
-) -> _Choice:
+def choice(value: object, name: str, choices: tuple[_Choice, ...], what: str) -> _Choice:
     """
     Convert one of a ``Literal``'s values (`choices`, e.g. ``get_args(Transport)``).
 
     Raises:
-        ConfigurationError: ``name=value is not {what}; use {hint}``.
+        ConfigurationError: ``name=value is not {what}``.
     """
     for known in choices:
         if value == known:
             return known
-    raise bad(name, value, f" is not {what}; use {hint}")
+    raise bad(name, value, f" is not {what}")
 
 
 def _items(value: object, name: str, what: str, example: str) -> list[object]:
