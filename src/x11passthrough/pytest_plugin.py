@@ -6,55 +6,9 @@ Installed with the package and loaded automatically (entry point ``pytest11``)::
     def test_gui_app_in_container(x11passthrough):
         subprocess.run(["docker", "run", "--rm", *x11passthrough, IMAGE, "my-app"], check=True)
 
-Fixtures:
-
-- ``x11passthrough``: the :class:`~x11passthrough.DockerRunArgs` of a passthrough open for
-  this test.
-- ``x11passthrough_factory``: a function that starts passthroughs with any
-  :class:`~x11passthrough.X11Passthrough` options (``x11passthrough_factory(auth="forward")``);
-  all of them are closed when the test ends.
-- ``x11passthrough_session`` (session scope): one passthrough for the whole run, or for each
-  pytest-xdist worker, opened when a test first asks for it.
-- ``x11passthrough_display`` (session scope): the display they lend, as this host's clients
-  reach it (:class:`HostDisplay`: ``.display``, ``.xauthority``, ``.environ()``, ``.xvfb``),
-  for a test that also runs a client on the host. It is resolved once, when first asked for;
-  the per-test fixtures look again at each passthrough they start.
-
-Which display is lent:
-
-- ``$DISPLAY`` (with ``$XAUTHORITY``) when it is set: a desktop's, ``xvfb-run``'s, or the one
-  pytest-xvfb starts (it sets ``DISPLAY`` in its ``pytest_configure``, before any test runs).
-- Else, with ``--x11passthrough-xvfb`` (or the ini key ``x11passthrough_xvfb = true``), a
-  private Xvfb (:class:`x11passthrough.Xvfb`: its own cookie, no TCP), started when a test first
-  needs a display and stopped at the end of the run: one per process, so one per xdist worker.
-  Its screen is the ini key ``x11passthrough_xvfb_screen`` (``WIDTHxHEIGHTxDEPTH``, default
-  ``1280x1024x24``; a bad value is a usage error). It does not change ``os.environ``:
-  host-side clients get it from ``x11passthrough_display.environ()``. A set ``DISPLAY``
-  always wins, so the option composes with pytest-xvfb (whose display is then used, and no
-  second server starts) and is harmless on a desktop; to keep windows off your desktop, run
-  ``env -u DISPLAY pytest --x11passthrough-xvfb``.
-- Neither: the tests that need a display are skipped, and the message names the fixes;
-  ``--x11passthrough-required`` fails them instead (for CI).
-
-A display that is set but cannot be used (``DISPLAY=:99`` with no server there, a refused
-cookie) fails the test with the one-line reason; so does a private Xvfb that cannot start.
-
-Screenshots: when a test that used a passthrough (or ``x11passthrough_display``) fails, in its
-body or in a fixture's setup, a PNG of the lent display is written to
-``x11passthrough-screenshots/`` in pytest's base temporary directory (each xdist worker has
-its own), or to the ini key ``x11passthrough_screenshot_dir`` (relative to the root
-directory). Its path is added to the failure report as the section ``x11passthrough
-screenshot`` and as the user property ``x11passthrough_screenshot`` (JUnit XML). The picture is
-cropped to the windows on the screen (the bounding box of the mapped top-level windows; the
-whole screen when none is mapped), so on a desktop it is usually your whole screen. TrueColor
-screens of depth 15, 16 and 24 are read, so pytest-xvfb's default depth (16) works;
-``x11passthrough_screenshots = false`` turns them off. A screenshot that cannot be taken never
-fails the run: the section says why, and the ``x11passthrough`` logger warns.
-
-Options for every passthrough of the fixtures come from the ini keys ``x11passthrough_auth``
-(``substitute``, ``untrusted`` or ``forward``) and ``x11passthrough_bind`` (addresses; setting
-it means the TCP transport); the factory's keyword arguments override them, and a factory
-call with ``transport="unix"`` ignores ``x11passthrough_bind``.
+The fixtures (``x11passthrough``, ``x11passthrough_factory``, ``x11passthrough_session``,
+``x11passthrough_display``), which display they lend, the screenshots of failures and the
+options are documented in the pytest how-to (``docs/howto/pytest.md``).
 """
 
 from __future__ import annotations
