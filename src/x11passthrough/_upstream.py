@@ -27,6 +27,7 @@ from ._x11.security import SecurityClient, UntrustedCookie
 from ._x11.wire import MIT_MAGIC_COOKIE_1, SetupStatus
 from ._x11.xlib import SetupRefusedError, open_display
 from ._xauth.authority import Xauthority
+from ._xauth.format import XauthEntry
 from .exceptions import (
     DisplayAuthorizationError,
     DisplayError,
@@ -48,6 +49,7 @@ class Upstream:
     Attributes:
         endpoint: Where the X server listens (its owner checked).
         real: The user's cookie for the display, or None where the server needs none.
+        family: The family of the authority entry `real` came from (None without one).
         present: What the relay presents to the server: `real`, or the untrusted cookie.
         keeper: In ``untrusted`` mode, the connection that holds the untrusted cookie.
         untrusted: In ``untrusted`` mode, the cookie (its id names it to the server).
@@ -60,6 +62,7 @@ class Upstream:
 
     endpoint: Endpoint
     real: bytes | None
+    family: int | None = None
     present: bytes | None
     keeper: CookieKeeper | None = None
     untrusted: UntrustedCookie | None = None
@@ -105,7 +108,8 @@ class HostSide:
         """
         if not untrusted:
             try:
-                real = self._real_cookie(connection)
+                entry = self._real_cookie(connection)
+                real = entry.data if entry is not None else None
                 hidden = self._check(connection, real)
             except BaseException:
                 connection.close()
@@ -120,12 +124,14 @@ class HostSide:
             return Upstream(
                 endpoint=connection.endpoint,
                 real=real,
+                family=entry.family if entry is not None else None,
                 present=real,
                 trusted_owners=self.trusted_owners,
                 hidden=watch,
             )
         try:
-            real = self._real_cookie(connection)
+            entry = self._real_cookie(connection)
+            real = entry.data if entry is not None else None
         except BaseException:
             connection.close()
             raise
@@ -133,6 +139,7 @@ class HostSide:
         return Upstream(
             endpoint=connection.endpoint,
             real=real,
+            family=entry.family if entry is not None else None,
             present=cookie.data,
             keeper=keeper,
             untrusted=cookie,
@@ -140,8 +147,8 @@ class HostSide:
             hidden=hidden,
         )
 
-    def _real_cookie(self, connection: DisplayConnection) -> bytes | None:
-        """Return the MIT cookie a client would send on `connection`, or None."""
+    def _real_cookie(self, connection: DisplayConnection) -> XauthEntry | None:
+        """Return the MIT cookie's entry a client would send on `connection`, or None."""
         entries = Xauthority.load(self.authority)
         entry = entries.for_connection(connection.socket, connection.name.number)
         if entry is None:
@@ -152,7 +159,7 @@ class HostSide:
                 self.authority or "any authority file (XAUTHORITY is empty)",
             )
             return None
-        return entry.data
+        return entry
 
     def _refused(
         self, connection: DisplayConnection, real: bytes | None, reason: str
