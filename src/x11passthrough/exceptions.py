@@ -53,7 +53,7 @@ class Mention:
     The library spells it as a keyword argument, ``transport='tcp'``; the command line as a
     flag, ``--transport tcp``.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
 
     __slots__ = ("option", "value")
@@ -97,9 +97,6 @@ class X11PassthroughError(Exception):
         option: The option (keyword argument) at fault, or that widens what failed; or None.
         value: The value `option` had (None when there is no option).
         hint: What to do, in the message's words ("" when the message has none apart).
-
-    .. versionchanged:: 0.2.0
-       The `option`, `value` and `hint` attributes, and :meth:`explain`.
     """
 
     option: str | None
@@ -107,16 +104,24 @@ class X11PassthroughError(Exception):
 
     def __init__(
         self,
-        *words: str | Mention,
+        *words: object,
         option: str | None = None,
         value: object = None,
         hint: Words = (),
     ) -> None:
         self.option = option
         self.value = value
-        self._words = tuple(words)
         self._hint = tuple(hint)
-        super().__init__(self.explain(keyword))
+        given = [w for w in words if isinstance(w, (str, Mention))]
+        self._plain = len(given) != len(words)
+        if self._plain:  # a builtin's own arguments, e.g. OSError's (errno, message)
+            super().__init__(*words)
+            self._words: tuple[str | Mention, ...] = (Exception.__str__(self),)
+            if isinstance(self, OSError) and self.strerror is not None:
+                self._words = (str(self.strerror),)
+        else:
+            self._words = tuple(given)
+            super().__init__(self.explain(keyword))
 
     @property
     def hint(self) -> str:
@@ -131,6 +136,9 @@ class X11PassthroughError(Exception):
 
     def __reduce__(self) -> tuple[object, ...]:
         """Pickle the words and fields, not the rendered message."""
+        if self._plain:
+            reduced = super().__reduce__()
+            return reduced if isinstance(reduced, tuple) else (type(self), self.args)
         return (_rebuild, (type(self), self._words, self.option, self.value, self._hint))
 
 
@@ -164,8 +172,7 @@ class DisplayError(X11PassthroughError):
     """
     A display name is invalid, or the display cannot be used.
 
-    .. versionchanged:: 0.2.0
-       No longer a ``ValueError``: only :class:`DisplayNameError` is one.
+    Not a ``ValueError``: only :class:`DisplayNameError` (a bad value) is one.
     """
 
 
@@ -208,14 +215,6 @@ class NoFreeDisplayError(DisplayError):
 
 class BindError(X11PassthroughError, OSError):
     """The relay's listening socket cannot be bound on the requested address."""
-
-    def __init__(self, errno: int | None, message: str) -> None:
-        X11PassthroughError.__init__(self, message)
-        OSError.__init__(self, errno, message)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        """Pickle as ``BindError(errno, message)``."""
-        return (type(self), (self.errno, self.strerror))
 
     def __str__(self) -> str:
         """Return the message without OSError's ``[Errno N]`` prefix (``errno`` keeps it)."""
