@@ -326,7 +326,7 @@ class Connection:
         self, family: int, proto: int, address: str | tuple[Any, ...], timeout: float
     ) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM, proto)
-        self._path.fds += 1
+        self._path.descriptors.socket_opened()
         self.upstream = sock
         try:
             sock.setblocking(False)
@@ -350,7 +350,7 @@ class Connection:
         """Close an upstream socket this connection opened, and give its descriptor back."""
         if sock is not None and sock.fileno() >= 0:
             close_socket(sock)
-            self._path.fds -= 1
+            self._path.descriptors.socket_closed()
 
     async def _connect_unix(
         self, sock: socket.socket, address: str | tuple[Any, ...], timeout: float
@@ -451,19 +451,19 @@ class Connection:
                 and not (up and request_filter is not None)
                 and HAVE_SPLICE
                 and src.family in TCP_FAMILIES
-                and path.pipes_open < MAX_SPLICE_PIPES
+                and path.descriptors.pipes < MAX_SPLICE_PIPES
             ):
                 pipe = open_pipe(min(options.read_size, PIPE_SIZE))
             if pipe is not None:
                 flows.append(SpliceFlow(self, path, self.loop, src, dst, pipe=pipe, up=up))
             else:
-                flows.append(CopyFlow(self, path, self.loop, src, dst, up=up))
+                up_filter = request_filter if up else None
+                flows.append(
+                    CopyFlow(self, path, self.loop, src, dst, up=up, request_filter=up_filter)
+                )
         self.flows = tuple(flows)
         for flow in flows:
-            if flow.up and isinstance(flow, CopyFlow):
-                flow.start(request_filter)
-            else:
-                flow.start()
+            flow.start()
 
     def _asked(self, name: bytes) -> None:
         """Say, once per relay, that a client asked for an extension it does not get."""
@@ -513,7 +513,7 @@ class Connection:
         for flow in self.flows:
             flow.detach()
         close_socket(self.client)
-        self._path.fds -= 1
+        self._path.descriptors.socket_closed()
         self._close_upstream(self.upstream)
         self._path.counters.open -= 1
         self._owner.connection_closed(self)

@@ -255,12 +255,21 @@ class CopyFlow(Flow):
 
     __slots__ = ("_backlog", "_filter", "_offset")
 
-    def start(self, request_filter: RequestFilter | None = None) -> None:
-        """Start with an empty backlog (its slots are set here: the constructor is Flow's)."""
+    def __init__(
+        self,
+        owner: FlowOwner,
+        path: DataPath,
+        loop: asyncio.AbstractEventLoop,
+        src: socket.socket,
+        dst: socket.socket,
+        *,
+        up: bool,
+        request_filter: RequestFilter | None = None,
+    ) -> None:
+        super().__init__(owner, path, loop, src, dst, up=up)
         self._backlog = bytearray()
         self._offset = 0
         self._filter = request_filter
-        super().start()
 
     def _on_readable(self) -> None:
         pending = self.pending
@@ -368,7 +377,7 @@ class SpliceFlow(Flow):
     ) -> None:
         super().__init__(owner, path, loop, src, dst, up=up)
         self._pipe_r, self._pipe_w = pipe
-        path.pipes_open += 1
+        path.descriptors.pipe_opened()
         capacity = fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ)
         self._capacity = min(capacity, self._high)
 
@@ -434,4 +443,4 @@ class SpliceFlow(Flow):
             os.close(self._pipe_r)
             os.close(self._pipe_w)
             self._pipe_r = self._pipe_w = -1
-            self._path.pipes_open -= 1
+            self._path.descriptors.pipe_closed()

@@ -204,13 +204,9 @@ class Relay:
     ) -> None:
         await self.stop()
 
-    def _fds_in_use(self) -> int:
-        return self.path.fds + 2 * self.path.pipes_open
-
     def _on_acceptable(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
-            # A new client may need two descriptors (its own and the display's), and a pipe.
-            if self._fds_in_use() + 4 > self.admission.budget:
+            if not self.path.descriptors.room_for_a_client(self.admission.budget):
                 victim = self.admission.oldest_pending()
                 if victim is None:
                     self._pause_for_budget(loop)
@@ -264,7 +260,7 @@ class Relay:
         loop = self.loop
         if not self._budget_paused or loop is None or self._state != "serving":
             return
-        if self._fds_in_use() + 4 > self.admission.budget:
+        if not self.path.descriptors.room_for_a_client(self.admission.budget):
             return
         self._budget_paused = False
         for listener in self.listeners:
@@ -318,7 +314,7 @@ class Relay:
         counters = self.path.counters
         counters.open += 1
         counters.total += 1
-        self.path.fds += 1
+        self.path.descriptors.socket_opened()
         peer = describe_address(client, address)
         conn = Connection(
             self,

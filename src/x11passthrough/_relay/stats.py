@@ -87,6 +87,49 @@ class Counters:
         )
 
 
+class Descriptors:
+    """
+    The relay's descriptors, counted in one place: client and display sockets, splice pipes.
+
+    The server checks them against its budget (:mod:`.admission`) before it accepts; the
+    connections and flows that open and close them tell this ledger, and nothing else counts.
+    """
+
+    __slots__ = ("pipes", "sockets")
+
+    #: What a new client may need: its socket, the display's, and a pipe (two descriptors).
+    PER_CLIENT = 4
+
+    def __init__(self) -> None:
+        self.sockets = 0
+        self.pipes = 0
+
+    def socket_opened(self) -> None:
+        """Count a client or display socket the relay opened (or accepted)."""
+        self.sockets += 1
+
+    def socket_closed(self) -> None:
+        """Give a socket's descriptor back."""
+        self.sockets -= 1
+
+    def pipe_opened(self) -> None:
+        """Count a splice pipe (two descriptors)."""
+        self.pipes += 1
+
+    def pipe_closed(self) -> None:
+        """Give a pipe's two descriptors back."""
+        self.pipes -= 1
+
+    @property
+    def in_use(self) -> int:
+        """The descriptors held now."""
+        return self.sockets + 2 * self.pipes
+
+    def room_for_a_client(self, budget: int) -> bool:
+        """Tell whether a new client (and all it may need) fits in `budget` descriptors."""
+        return self.in_use + self.PER_CLIENT <= budget
+
+
 class DataPath:
     """
     What every connection of one relay shares: options, counters, the read buffer, pipes.
@@ -95,15 +138,13 @@ class DataPath:
     reaches up into it. Strictly private; used on the relay's event loop only.
     """
 
-    __slots__ = ("activity", "counters", "fds", "options", "pipes_open", "scratch", "told")
+    __slots__ = ("activity", "counters", "descriptors", "options", "scratch", "told")
 
     def __init__(self, options: RelayOptions) -> None:
         self.options = options
         self.counters = Counters()
         self.activity = Activity()
-        self.pipes_open = 0
-        #: Client and upstream sockets open now (each splice pipe holds two more).
-        self.fds = 0
+        self.descriptors = Descriptors()
         self.scratch = memoryview(b"")
         #: Extensions a client was told are absent, already named in the log.
         self.told: set[bytes] = set()
