@@ -172,7 +172,7 @@ def test_a_missing_engine_command_is_one_line(xvfb: XServer, tmp_path: Path) -> 
 def test_errors_name_flags_where_the_library_names_options(xvfb: XServer, tmp_path: Path) -> None:
     """The CLI spells the options an error carries as its flags; no keyword argument leaks."""
     mixed = cli(*display_options(xvfb), "--transport", "unix", "--bind", "127.0.0.1", "args")
-    assert mixed.returncode == 2
+    assert mixed.returncode == 125
     assert mixed.stderr.startswith("x11passthrough: error: --bind 127.0.0.1 is for the TCP")
     assert "pass --transport tcp" in mixed.stderr
     allow = cli(*display_options(xvfb), "--transport", "unix", "--allow", "10.0.0.0/8", "args")
@@ -180,7 +180,7 @@ def test_errors_name_flags_where_the_library_names_options(xvfb: XServer, tmp_pa
     blocker = tmp_path / "file"
     blocker.write_text("")
     not_a_dir = cli(*display_options(xvfb), "--host-dir", str(blocker / "sub"), "args")
-    assert not_a_dir.returncode == 2
+    assert not_a_dir.returncode == 125
     assert "pass --host-dir ... pointing to a writable directory" in not_a_dir.stderr
     for result in (mixed, allow, not_a_dir):
         assert "=" not in result.stderr.replace("DISPLAY=", ""), result.stderr
@@ -490,9 +490,9 @@ def test_doctor_probes_with_the_engine_it_finds() -> None:
     podman = Engine("podman", True, "/run/user/1000/podman/podman.sock", "Podman 4.3.1")
     docker = Engine("docker", False, "/var/run/docker.sock", "Docker Engine 28")
     expected = ("podman",) if shutil.which("podman") else ("docker",)
-    assert _engine_command({}, podman) == expected
-    assert _engine_command({}, docker) == ("docker",)
-    assert _engine_command({"engine": "podman"}, None) == expected
+    assert _engine_command("auto", podman) == expected
+    assert _engine_command("auto", docker) == ("docker",)
+    assert _engine_command("podman", None) == expected
 
 
 def test_doctor_survives_a_server_that_resets(tmp_path: Path) -> None:

@@ -205,7 +205,8 @@ class _Watcher:
     found: Engine | None = None
     reported: set[str] = attrs.field(factory=set)
 
-    def _line(self, status: str, step: str, text: str, hint: str = "") -> None:
+    def line(self, status: str, step: str, text: str, hint: str = "") -> None:
+        """Write a step's line, unless that step was reported already."""
         if step not in self.reported:
             self.reported.add(step)
             self.report.line(status, step, text, hint)
@@ -213,9 +214,7 @@ class _Watcher:
     def located(self, connection: DisplayConnection) -> None:
         owner = owner_uid(connection.socket)
         self.name = str(connection.name)
-        self._line(
-            "ok", "display", f"{self.name} is {connection.endpoint}, owned by {_who(owner)}"
-        )
+        self.line("ok", "display", f"{self.name} is {connection.endpoint}, owned by {_who(owner)}")
         self.step = "cookie"
 
     def proved(self, upstream: Upstream, authority: str) -> None:
@@ -228,14 +227,14 @@ class _Watcher:
         what += ": the X server accepted it"
         if upstream.untrusted is not None:
             what += "; it issued an untrusted cookie for the relay"
-        self._line("ok", "cookie", what)
+        self.line("ok", "cookie", what)
         self.step = "engine"
 
     def engine(self, found: Engine | None, told: EngineChoice) -> None:
         self.step = "transport"
         self.told, self.found = told, found
         if found is None:
-            self._line(
+            self.line(
                 "FAIL",
                 "engine",
                 "no container engine answered on its API socket",
@@ -244,18 +243,18 @@ class _Watcher:
             return
         where = "this host's kernel" if found.same_kernel else "a VM (no shared sockets)"
         if told != "auto" and found.socket is None:  # none of that kind answered
-            self._line("ok", "engine", f"{told}, as told; containers on {where}")
+            self.line("ok", "engine", f"{told}, as told; containers on {where}")
             return
         if found.socket is None and not _remote_answers(self):
             return
         mode = "rootless" if found.rootless else "rootful"
-        self._line("ok", "engine", f"{found.description}, {mode}, containers on {where}")
+        self.line("ok", "engine", f"{found.description}, {mode}, containers on {where}")
 
-    def engine_command(self) -> tuple[str, ...]:
-        """Return the engine's command for the probe: Podman's when told or found (installed)."""
-        found = self.found
-        podman = self.told == "podman" or (found is not None and found.kind == "podman")
-        return ("podman",) if podman and shutil.which("podman") else ("docker",)
+
+def _engine_command(told: EngineChoice, found: Engine | None) -> tuple[str, ...]:
+    """Return the engine's command for the probe: Podman's when told or found (installed)."""
+    podman = told == "podman" or (found is not None and found.kind == "podman")
+    return ("podman",) if podman and shutil.which("podman") else ("docker",)
 
 
 def _remote_answers(watcher: _Watcher) -> bool:
@@ -263,14 +262,14 @@ def _remote_answers(watcher: _Watcher) -> bool:
     host = os.environ.get("DOCKER_HOST", "")
     url = urllib.parse.urlsplit(host)
     if url.scheme != "tcp":
-        watcher._line("warn", "engine", f"DOCKER_HOST={host}: not checked")
+        watcher.line("warn", "engine", f"DOCKER_HOST={host}: not checked")
         return False
     try:
         port = url.port or 2375
         with socket.create_connection((url.hostname or "localhost", port), timeout=5):
             pass
     except (OSError, ValueError) as e:
-        watcher._line(
+        watcher.line(
             "FAIL",
             "engine",
             f"DOCKER_HOST={host} does not answer: {getattr(e, 'strerror', None) or e}",
@@ -284,6 +283,7 @@ def _steps(
     report: Report, make: Callable[[], X11Passthrough], probe: _Probe, spell: Spelling
 ) -> None:
     watcher = _Watcher(report)
+    passthrough: X11Passthrough | None
     try:
         passthrough = make()
     except X11PassthroughError as e:
@@ -316,7 +316,11 @@ def _steps(
         if _relay_step(report, args, endpoint):
             _server_step(report, args, endpoint)
         if probe.image is not None and not report.failed:
-            command = (*probe.command,) if probe.command else watcher.engine_command()
+            command = (
+                (*probe.command,)
+                if probe.command
+                else _engine_command(watcher.told, watcher.found)
+            )
             _probe_step(report, args, probe.image, command, probe.options)
     finally:
         passthrough.close()
