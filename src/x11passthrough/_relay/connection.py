@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import logging
 import socket
@@ -77,6 +78,19 @@ class Refusal(Exception):  # noqa: N818 - internal control flow, not an error to
         self.error = error
 
 
+class Phase(enum.Enum):
+    """Where a connection is: each moves forward only, SETUP to CLOSED."""
+
+    #: Reading and checking the client's connection setup (counted as pending).
+    SETUP = "setup"
+    #: The setup passed: connecting to the display and learning what to hide.
+    CONNECTING = "connecting"
+    #: Both directions flow.
+    RELAYING = "relaying"
+    #: Both sockets are closed.
+    CLOSED = "closed"
+
+
 class Connection:
     """One client connection: its setup, its upstream connection and its two flows."""
 
@@ -88,13 +102,13 @@ class Connection:
         "_target",
         "address",
         "client",
-        "closed",
         "evicted",
         "flows",
         "forwarded",
         "loop",
         "number",
         "peer",
+        "phase",
         "received",
         "refused",
         "source",
@@ -115,6 +129,9 @@ class Connection:
         peer: str,
         source: str,
         number: int,
+        address: object = None,
+        unverified: bool = False,
+        refused: str | None = None,
     ) -> None:
         self._owner = owner
         self._path = path
@@ -123,20 +140,30 @@ class Connection:
         self.loop = loop
         self.client = client
         self.peer = peer
-        self.address: object = None
-        self.unverified = False
+        self.address = address
+        #: A TCP client from outside the allowed networks known so far (asked again).
+        self.unverified = unverified
         #: Why this client is refused before its setup is read (its peer is not admitted).
-        self.refused: str | None = None
+        self.refused = refused
         self.source = source
         self.evicted: str | None = None
         self.number = number
         self.upstream: socket.socket | None = None
         self.flows: tuple[Flow, ...] = ()
-        self.closed = False
+        self.phase = Phase.SETUP
         self.received = b""
         self.forwarded = 0
         self.started = time.monotonic()
         self._refused: Mapping[bytes, str] = {}
+
+    @property
+    def closed(self) -> bool:
+        """Both sockets are closed."""
+        return self.phase is Phase.CLOSED
+
+    def evict(self, reason: str) -> None:
+        """Mark this pending connection dropped for `reason` (its task is then cancelled)."""
+        self.evicted = reason
 
     async def establish(self) -> None:
         """Run the setup filter (if any), connect upstream and start relaying."""
@@ -151,6 +178,7 @@ class Connection:
                 return
             forward = verdict
         owner.setup_finished(self)
+        self.phase = Phase.CONNECTING
         opened = await self._open_upstream()
         if opened is None:
             return
@@ -464,6 +492,7 @@ class Connection:
         self.flows = tuple(flows)
         for flow in flows:
             flow.start()
+        self.phase = Phase.RELAYING
 
     def _asked(self, name: bytes) -> None:
         """Say, once per relay, that a client asked for an extension it does not get."""
@@ -509,7 +538,7 @@ class Connection:
         """Close both sockets now and log the connection's summary."""
         if self.closed:
             return
-        self.closed = True
+        self.phase = Phase.CLOSED
         for flow in self.flows:
             flow.detach()
         close_socket(self.client)

@@ -271,7 +271,7 @@ class Relay:
         """Drop a pending connection now (its setup phase is cancelled)."""
         self.admission.done(connection)
         self.path.counters.rejected += 1
-        connection.evicted = reason
+        connection.evict(reason)
         task = self._tasks.get(connection)
         if task is not None:
             task.cancel()
@@ -316,6 +316,10 @@ class Relay:
         counters.total += 1
         self.path.descriptors.socket_opened()
         peer = describe_address(client, address)
+        peers = listener.peers
+        refused = None
+        if peers is not None and (peer_uid is None or not peers.admits(peer_uid)):
+            refused = self._refuse_peer(source, peer_uid, listener.socket, peers)
         conn = Connection(
             self,
             self.path,
@@ -326,12 +330,10 @@ class Relay:
             peer=peer,
             source=source,
             number=counters.total,
+            address=address,
+            unverified=unverified,
+            refused=refused,
         )
-        conn.address = address
-        conn.unverified = unverified
-        peers = listener.peers
-        if peers is not None and (peer_uid is None or not peers.admits(peer_uid)):
-            conn.refused = self._refuse_peer(source, peer_uid, listener.socket, peers)
         self.connections.add(conn)
         self.admission.add(conn, key)
         task = loop.create_task(self._run(conn))
