@@ -81,7 +81,7 @@ Spelling = Callable[[Mention], str]
 
 
 def keyword(mention: Mention) -> str:
-    """Spell `mention` as a keyword argument: ``bind=...``, ``transport='tcp'``, ``host_dir=/x``."""
+    """Spell `mention` as a keyword argument: ``bind=...``, ``auth='forward'``, ``host_dir=/a``."""
     if mention.value is ANY:
         return f"{mention.option}=..."
     if isinstance(mention.value, os.PathLike):
