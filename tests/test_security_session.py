@@ -30,11 +30,11 @@ from x11passthrough import X11Passthrough
 from x11passthrough._session import (
     LOCK_NAME,
     LOCKLESS_GRACE,
-    Directory,
     Session,
     socket_address,
     start_time,
 )
+from x11passthrough._session_base import Directory
 from x11passthrough.exceptions import ConfigurationError, X11PassthroughError
 from x11passthrough.xauth import Xauthority
 

@@ -27,6 +27,7 @@ from ._plan import Plan
 from ._policy import Policy
 from ._relay.options import Listener
 from ._relay.peers import own_uids
+from ._session_base import Directory
 from ._x11.wire import MIT_MAGIC_COOKIE_1
 from ._xauth.format import Family, XauthEntry, dump
 from .exceptions import ConfigurationError, X11PassthroughError
@@ -128,7 +129,7 @@ def lend(
     return Lent(number=number, listeners=tuple(listeners), endpoints=tuple(endpoints), args=args)
 
 
-def _open_listener(directory: _session.Directory, name: str, cleanup: Cleanup) -> socket.socket:
+def _open_listener(directory: Directory, name: str, cleanup: Cleanup) -> socket.socket:
     """Listen on `name` in `directory`, connectable by any container user (mode 0666)."""
     path = directory.path / name
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -51,7 +51,7 @@ logger = logging.getLogger("x11passthrough")
 
 
 @attrs.frozen(kw_only=True)
-class _Session:
+class _Assembled:
     """What _prepare made: the relay's upstream, listeners (and where) and options."""
 
     endpoint: Endpoint
@@ -374,7 +374,7 @@ class X11Passthrough:
             )
         return DisplayName.parse(text)
 
-    def _prepare(self, cleanup: Cleanup, watcher: Watcher | None) -> _Session:
+    def _prepare(self, cleanup: Cleanup, watcher: Watcher | None) -> _Assembled:
         """Prove, plan, gate and lend; register every undo step on `cleanup`."""
         opts = self._options
         connection = self._locator.connect(self._display_name())
@@ -412,7 +412,7 @@ class X11Passthrough:
             refresh_allow=gates.refresh_allow,
             hidden=upstream.hidden,
         )
-        return _Session(
+        return _Assembled(
             endpoint=upstream.endpoint,
             listeners=lent.listeners,
             endpoints=lent.endpoints,
