@@ -242,31 +242,37 @@ def open_base(path: Path, *, what: str) -> Directory:
     return base
 
 
+def _unsafe_base(
+    what: str, path: Path, problem: str, fix: tuple[str | Mention, ...]
+) -> ConfigurationError:
+    return ConfigurationError(
+        *_named(what, path), problem, option="host_dir", value=path, hint=fix
+    )
+
+
 def _checked(fd: int, path: Path, what: str) -> Path:
     """Check the base held as `fd` (opened as `path`) and the chain above it; return its path."""
     real = Path(os.path.realpath(path))
     held = os.fstat(fd)
     problem = _unsafe(held)
     if problem is not None:
-        raise ConfigurationError(
-            *_named(what, real),
+        raise _unsafe_base(
+            what,
+            real,
             f" {problem}: another user could swap the session directory made there for a "
             "symlink, and so read its cookie",
-            option="host_dir",
-            value=real,
-            hint=_fix(real, problem),
+            _fix(real, problem),
         )
     for parent in reversed(real.parents):
         info = os.stat(parent, follow_symlinks=False)
         problem = _unsafe(info) or (None if stat.S_ISDIR(info.st_mode) else "is not a directory")
         if problem is not None:
-            raise ConfigurationError(
-                *_named(what, real),
+            raise _unsafe_base(
+                what,
+                real,
                 f" lies in {parent}, which {problem}: another user could swap {real} for a "
                 "symlink to a directory of theirs",
-                option="host_dir",
-                value=real,
-                hint=_fix(parent, problem),
+                _fix(parent, problem),
             )
     named = os.stat(real)
     if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):

@@ -71,6 +71,7 @@ class Flow:
         "_dfd",
         "_dst",
         "_eof",
+        "_filter",
         "_high",
         "_loop",
         "_low",
@@ -98,8 +99,11 @@ class Flow:
         dst: socket.socket,
         *,
         up: bool,
+        request_filter: RequestFilter | None = None,
     ) -> None:
         options = path.options
+        #: What the client's requests pass through (CopyFlow only; None for none).
+        self._filter = request_filter
         self._conn = owner
         self._path = path
         self._loop = loop
@@ -253,23 +257,13 @@ class CopyFlow(Flow):
     byte passes the filter first, which may rewrite it or hold it back for the next read.
     """
 
-    __slots__ = ("_backlog", "_filter", "_offset")
+    __slots__ = ("_backlog", "_offset")
 
-    def __init__(
-        self,
-        owner: FlowOwner,
-        path: DataPath,
-        loop: asyncio.AbstractEventLoop,
-        src: socket.socket,
-        dst: socket.socket,
-        *,
-        up: bool,
-        request_filter: RequestFilter | None = None,
-    ) -> None:
-        super().__init__(owner, path, loop, src, dst, up=up)
+    def start(self) -> None:
+        """Start with an empty backlog (the request filter came with the constructor)."""
         self._backlog = bytearray()
         self._offset = 0
-        self._filter = request_filter
+        super().start()
 
     def _on_readable(self) -> None:
         pending = self.pending
