@@ -8,7 +8,9 @@ The front door is :class:`X11Passthrough`::
 
 Two public submodules are a deliberate second tier for embedders:
 :mod:`x11passthrough.display` (display names, locating, reserving) and
-:mod:`x11passthrough.xauth` (Xauthority files). Everything else is private.
+:mod:`x11passthrough.xauth` (Xauthority files). Everything else is private: every module
+and package whose name starts with an underscore (said once here and in each private
+package, not in each module), and the pytest plugin's helpers.
 
 The names below are imported when first used, so that the command line starts quickly.
 """

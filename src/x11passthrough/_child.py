@@ -1,7 +1,7 @@
 """
 Running the command a passthrough is lent to: signals passed on, statuses passed back.
 
-Strictly private. One implementation for the command line (``run``, ``args``) and for anything
+One implementation for the command line (``run``, ``args``) and for anything
 else that holds a passthrough open around a child process.
 
 SIGTERM (and SIGHUP) mean what ``docker stop`` means: passed on, then, after a grace period

@@ -1,7 +1,7 @@
 """
 Cleanup that never raises: each step runs, failures are logged and the next step still runs.
 
-Strictly private. Leaving a passthrough must not raise (the X server may be gone, a file
+Leaving a passthrough must not raise (the X server may be gone, a file
 removed by hand) and must never replace the exception that ended the ``with`` body.
 """
 
@@ -16,7 +16,7 @@ logger = logging.getLogger("x11passthrough")
 
 
 class Cleanup:
-    """Steps to undo, run last-added first by :meth:`close`. Strictly private."""
+    """Steps to undo, run last-added first by :meth:`close`."""
 
     def __init__(self) -> None:
         self._steps: list[tuple[str, Callable[[], object]]] = []

@@ -2,7 +2,7 @@
 The command line's parser: run, args and doctor.
 
 Lend the display to a container command, print the arguments, or explain a setup.
-Strictly private. ``--help`` must be quick, so this module imports only argparse; the
+``--help`` must be quick, so this module imports only argparse; the
 commands (and the library) are imported once the command line has been read
 (:mod:`._commands`).
 

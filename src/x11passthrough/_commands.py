@@ -1,7 +1,7 @@
 """
 The command line's commands: ``run``, ``args`` and ``doctor``, once the options are read.
 
-Strictly private. Exit status: ``run`` passes the container command's own on (128+N when
+Exit status: ``run`` passes the container command's own on (128+N when
 signal N ended it); 125 for our errors (``docker run``'s, as a container's own 2 is common);
 ``doctor`` 0 only when a container would get a working display, else 1; ``args`` 128+N for
 the signal that ended it.

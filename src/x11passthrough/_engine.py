@@ -1,7 +1,7 @@
 """
 Container engines, asked over their API sockets: which engine, and which networks it made.
 
-Strictly private. The engine is found where its clients look: ``DOCKER_HOST`` (``unix://``),
+The engine is found where its clients look: ``DOCKER_HOST`` (``unix://``),
 the current Docker context, ``/var/run/docker.sock``, and Podman's rootful and rootless
 service sockets. Nothing here starts an engine or a service; an engine that does not answer
 within the timeout is skipped.
@@ -221,7 +221,7 @@ EngineKind = Literal["docker", "podman", "desktop"]
 @attrs.frozen
 class Engine:
     """
-    What a container engine said about itself. Strictly private.
+    What a container engine said about itself.
 
     Attributes:
         kind: ``"docker"`` (Docker Engine), ``"podman"``, or ``"desktop"`` (an engine in a VM:

@@ -1,7 +1,7 @@
 """
 What this host's network interfaces are: every address, IPv4 and IPv6, and its network.
 
-Strictly private. Linux (and other systems with ``getifaddrs(3)``): read through ctypes from
+Linux (and other systems with ``getifaddrs(3)``): read through ctypes from
 the C library, no subprocess.
 """
 
@@ -23,7 +23,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @attrs.frozen
 class Address:
-    """One address of an interface of this host. Strictly private."""
+    """One address of an interface of this host."""
 
     interface: str
     address: IPInterface

@@ -1,8 +1,6 @@
 """
 The session's files on the host: a private directory and the files the container mounts.
 
-Strictly private.
-
 Design note: no path lookup after the checks can be redirected.
 
 The threat: root writes a session's authority file and binds its relay socket in a directory
@@ -137,7 +135,7 @@ class Session(Directory):
     """
     A session directory: private (0700), held, and locked for as long as it exists.
 
-    Strictly private. Made by :func:`create_directory`; :meth:`remove` removes it.
+    Made by :func:`create_directory`; :meth:`remove` removes it.
     """
 
     def __init__(self, path: Path, fd: int, *, base: Directory, lock: int) -> None:

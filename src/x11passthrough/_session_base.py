@@ -38,7 +38,7 @@ class Directory:
     """
     A directory held open: what is made in it is made relative to its descriptor.
 
-    Strictly private. `path` is where it was when opened, for messages and for other processes
+    `path` is where it was when opened, for messages and for other processes
     (Docker's mounts); this process never looks it up again.
     """
 

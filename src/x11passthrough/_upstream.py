@@ -1,7 +1,7 @@
 """
 The host side of a passthrough: the display, the cookie the relay presents, the upstream check.
 
-Strictly private. One connection to the X server serves locating it, verifying its owner,
+One connection to the X server serves locating it, verifying its owner,
 picking the cookie libxcb would send on it, and the one real X11 setup that proves the cookie
 (or, in ``untrusted`` mode, python-xlib's trusted connection that asks for the untrusted cookie).
 """
@@ -44,7 +44,7 @@ logger = logging.getLogger("x11passthrough")
 @attrs.frozen(kw_only=True)
 class Upstream:
     """
-    The display the relay serves, and what it presents there. Strictly private.
+    The display the relay serves, and what it presents there.
 
     Attributes:
         endpoint: Where the X server listens (its owner checked).
@@ -81,7 +81,7 @@ class Upstream:
 @attrs.frozen(kw_only=True)
 class HostSide:
     """
-    How to reach the display: the authority file and the timeouts. Strictly private.
+    How to reach the display: the authority file and the timeouts.
 
     Attributes:
         authority: The authority file's path as libXau picks it (``""`` for none).
@@ -328,7 +328,7 @@ class HostSide:
 
 class ExtensionWatch:
     """
-    The extensions of the X server generation the relay's connections reach. Strictly private.
+    The extensions of the X server generation the relay's connections reach.
 
     Extension major opcodes are numbered when the server starts: a server restarted on the same
     display with other extensions numbers them differently, and a relay that kept the old

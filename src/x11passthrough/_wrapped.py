@@ -1,7 +1,7 @@
 """
 The container command ``x11passthrough run`` wraps: where the arguments go, and what it asks for.
 
-Strictly private. A wrapped command is found through the words people put in front of their
+A wrapped command is found through the words people put in front of their
 engine (``sudo``, ``env VAR=...``, ``nice``, ``time``) and the engine's global options, as
 ``ENGINE [options] run`` or ``ENGINE [options] container run`` (``create`` too). The options of
 ``run`` that change what the passthrough must do are read from it: ``-d``/``--detach``,

@@ -1,7 +1,7 @@
 """
 A private Xvfb with cookie authentication, for hosts without a display (CI, servers).
 
-Strictly private; :class:`Xvfb` is re-exported by the package.
+:class:`Xvfb` is re-exported by the package.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class HostDisplay:
 
 @attrs.frozen(kw_only=True)
 class _Settings:
-    """The plugin's options, read once at configure time. Strictly private."""
+    """The plugin's options, read once at configure time."""
 
     required: bool
     xvfb: bool

@@ -1,7 +1,7 @@
 """
 Endpoints: the places an X server listens on (a UNIX socket, an abstract socket, TCP).
 
-Strictly private: import :class:`Endpoint` from :mod:`x11passthrough.display`.
+Import :class:`Endpoint` from :mod:`x11passthrough.display`.
 """
 
 from __future__ import annotations

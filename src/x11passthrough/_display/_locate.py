@@ -1,7 +1,7 @@
 """
 Locating: the endpoints a display may listen on, and a connection to the first that answers.
 
-Strictly private: :meth:`x11passthrough.display.DisplayLocator.locate` and
+:meth:`x11passthrough.display.DisplayLocator.locate` and
 :meth:`~x11passthrough.display.DisplayLocator.connect` are the public doors.
 """
 

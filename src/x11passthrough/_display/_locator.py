@@ -1,7 +1,7 @@
 """
 The DisplayLocator: where X servers live on this machine, and the two jobs done there.
 
-Strictly private: import :class:`DisplayLocator` from :mod:`x11passthrough.display`.
+Import :class:`DisplayLocator` from :mod:`x11passthrough.display`.
 """
 
 from __future__ import annotations

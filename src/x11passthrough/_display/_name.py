@@ -1,7 +1,7 @@
 """
 Display names: parse every ``DISPLAY`` form into a frozen :class:`DisplayName`.
 
-Strictly private: import :class:`DisplayName` from :mod:`x11passthrough.display`.
+Import :class:`DisplayName` from :mod:`x11passthrough.display`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """
 Who owns an X endpoint: the uid behind a connected socket, before any cookie goes there.
 
-Strictly private.
-
 A local endpoint can be squatted: nothing owns ``127.0.0.1:6000+N`` on a desktop whose X server
 does not listen on TCP, and anyone may bind an abstract socket name first. So before a cookie
 is sent, the listener's owner must be root or the current user:

@@ -1,7 +1,7 @@
 """
 Reservations: claim a free display number M by binding TCP port 6000+M.
 
-Strictly private: :meth:`x11passthrough.display.DisplayLocator.reserve` is the public door.
+:meth:`x11passthrough.display.DisplayLocator.reserve` is the public door.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ PROC_NET_UNIX = "/proc/net/unix"
 @attrs.frozen(kw_only=True)
 class ServerPlaces:
     """
-    Where X servers announce a display number. Strictly private.
+    Where X servers announce a display number.
 
     Attributes:
         socket_dir: Directory of the UNIX sockets ``X<N>`` (and name prefix of the abstract ones).

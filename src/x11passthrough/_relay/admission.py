@@ -1,8 +1,6 @@
 """
 Admission control: bounded unauthenticated connections, and descriptors kept for the host.
 
-Strictly private.
-
 A client that opens connections and never finishes its setup costs a descriptor each. Left
 alone, a container without the cookie could exhaust the embedding process's descriptors (its
 own ``open()`` and ``subprocess.run`` then fail with EMFILE) and delay every real client. So:

@@ -1,7 +1,7 @@
 """
 One client connection: its setup phase, its connection to the display, and its two flows.
 
-Strictly private. A connection reports to its server through :class:`ConnectionOwner` and
+A connection reports to its server through :class:`ConnectionOwner` and
 shares the relay's :class:`~x11passthrough._relay.stats.DataPath`, so the server, the
 connection and the flows form a line, not a circle.
 """

@@ -1,7 +1,7 @@
 """
 The data path: one direction of a relayed connection, copied or spliced.
 
-Strictly private. A flow moves bytes from `src` to `dst` with backpressure; it reports to its
+A flow moves bytes from `src` to `dst` with backpressure; it reports to its
 owner (the connection) through :class:`FlowOwner` and shares the relay's :class:`DataPath`,
 so it never reaches up into the relay.
 """

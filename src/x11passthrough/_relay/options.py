@@ -1,8 +1,4 @@
-"""
-The relay's options: one frozen value, validated once, shared by Relay and RelayThread.
-
-Strictly private.
-"""
+"""The relay's options: one frozen value, validated once, shared by Relay and RelayThread."""
 
 from __future__ import annotations
 
@@ -51,7 +47,7 @@ DEFAULT_STALL_TIMEOUT = 0.5
 @attrs.frozen
 class Listener:
     """
-    A listening socket with a setup filter of its own (instead of the options'). Private.
+    A listening socket with a setup filter of its own (instead of the options').
 
     Attributes:
         socket: The bound, listening stream socket.
@@ -109,7 +105,7 @@ def _busy_poll(value: object) -> float:
 @attrs.frozen(kw_only=True)
 class RelayOptions:
     """
-    How a relay treats its connections. Strictly private.
+    How a relay treats its connections.
 
     Attributes:
         setup_filter: Called with all bytes a client sent so far until it returns non-None:

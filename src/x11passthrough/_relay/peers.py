@@ -1,8 +1,6 @@
 """
 Who is on the other end of a UNIX connection, and which local users a listener admits.
 
-Strictly private.
-
 A UNIX socket tells the relay its peer's uid and pid (``SO_PEERCRED``, taken at connect time and
 translated into the relay's namespaces). Two uses:
 

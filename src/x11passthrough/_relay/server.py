@@ -1,8 +1,4 @@
-"""
-The relay server: accept connections on listening sockets and hand each to a Connection.
-
-Strictly private.
-"""
+"""The relay server: accept connections on listening sockets and hand each to a Connection."""
 
 from __future__ import annotations
 

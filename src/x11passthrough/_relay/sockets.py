@@ -1,8 +1,4 @@
-"""
-Socket helpers of the relay: descriptions for logs, careful closing, checks of listeners.
-
-Strictly private.
-"""
+"""Socket helpers of the relay: descriptions for logs, careful closing, checks of listeners."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """
 The relay's counters, the snapshot users see, and the state its data path shares.
 
-Strictly private: import :class:`RelayStats` from :mod:`x11passthrough`.
+Import :class:`RelayStats` from :mod:`x11passthrough`.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class DataPath:
     What every connection of one relay shares: options, counters, the read buffer, pipes.
 
     Flows and connections get this instead of the relay itself, so nothing below the server
-    reaches up into it. Strictly private; used on the relay's event loop only.
+    reaches up into it. Used on the relay's event loop only.
     """
 
     __slots__ = ("activity", "counters", "descriptors", "options", "scratch", "told")

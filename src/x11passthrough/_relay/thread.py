@@ -1,8 +1,4 @@
-"""
-The relay on a thread of its own, for synchronous callers, with a busy-polling selector.
-
-Strictly private.
-"""
+"""The relay on a thread of its own, for synchronous callers, with a busy-polling selector."""
 
 from __future__ import annotations
 

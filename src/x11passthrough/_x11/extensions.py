@@ -1,7 +1,7 @@
 """
 What extensions an X server offers a connection: names, major opcodes, the request maximum.
 
-Strictly private. The request filter (:mod:`.requests`) forwards an extension request only when
+The request filter (:mod:`.requests`) forwards an extension request only when
 its major belongs to an extension the server reported, so the relay learns them on a
 connection of its own, authenticated as its clients are (the real cookie, or the untrusted
 one: the server shows untrusted clients fewer extensions). One exchange, pipelined:
@@ -42,7 +42,7 @@ _GENERIC_EVENT = 35
 @attrs.frozen(kw_only=True)
 class ServerExtensions:
     """
-    The extensions one server offers one kind of client. Strictly private.
+    The extensions one server offers one kind of client.
 
     Attributes:
         majors: Each extension name the server listed, with its major opcode.

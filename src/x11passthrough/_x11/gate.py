@@ -1,7 +1,7 @@
 """
 The relay's cookie gate: admit only the per-session cookie and swap in the real one.
 
-Strictly private. The relay checks each client's first message with a :class:`CookieGate`: it
+The relay checks each client's first message with a :class:`CookieGate`: it
 accepts only the per-session fake cookie, swaps in the real cookie (or no authorization at
 all), and answers every other client with a readable "Failed" reply instead of a silent close.
 """

@@ -1,7 +1,7 @@
 """
 One X11 connection setup on a socket of ours: the host-side check at start, and the keeper.
 
-Strictly private. python-xlib would do the setup too, but its ``Display`` then lists and queries
+python-xlib would do the setup too, but its ``Display`` then lists and queries
 every extension: 3.7 ms for ``Display()`` and close against 0.053 ms for the setup alone
 (medians of 50 on Xvfb 21.1.7, a 2-core VM). A start needs only the setup's verdict, so this
 sends the request and reads the reply with the codec of :mod:`.wire`.
@@ -71,7 +71,7 @@ class CookieKeeper:
     """
     Hold a connection authenticated with an untrusted cookie, so the server never expires it.
 
-    Strictly private. The X server starts an untrusted cookie's timeout only once no client
+    The X server starts an untrusted cookie's timeout only once no client
     uses it. While the keeper's connection is open the cookie stays valid; when the keeper's
     process dies (even by SIGKILL) the kernel closes the connection and the server drops the
     cookie `timeout` seconds later. :meth:`problem` tells, in one system call, whether the

@@ -1,7 +1,7 @@
 """
 The client's request stream, framed exactly as the X server frames it, and what it may use.
 
-Strictly private. Two extensions cannot work across the container boundary, and one of them
+Two extensions cannot work across the container boundary, and one of them
 must not:
 
 * ``MIT-SHM``: a client that believes its display is local attaches System V shared memory by

@@ -1,7 +1,7 @@
 """
 Screenshots: a window's (or the screen's) pixels with one GetImage, as RGB and as PNG.
 
-Strictly private. Used by the pytest plugin (a screenshot of each failed test) and by the
+Used by the pytest plugin (a screenshot of each failed test) and by the
 tests of the app matrix.
 
 Pixel formats: every TrueColor visual of 8, 16, 24 or 32 bits per pixel is read, in either

@@ -1,8 +1,4 @@
-"""
-The X SECURITY extension through python-xlib: issue and revoke untrusted cookies.
-
-Strictly private.
-"""
+"""The X SECURITY extension through python-xlib: issue and revoke untrusted cookies."""
 
 from __future__ import annotations
 
@@ -29,7 +25,7 @@ _T = TypeVar("_T")
 
 @attrs.frozen
 class UntrustedCookie:
-    """An MIT-MAGIC-COOKIE-1 the X server issued for untrusted clients. Strictly private."""
+    """An MIT-MAGIC-COOKIE-1 the X server issued for untrusted clients."""
 
     authid: int
     data: bytes = attrs.field(repr=hidden)
@@ -39,7 +35,7 @@ class SecurityClient:
     """
     A trusted connection to the X server that issues untrusted cookies and revokes them.
 
-    Strictly private. Keep it open for as long as the cookies it issued are in use; closing it
+    Keep it open for as long as the cookies it issued are in use; closing it
     does not revoke them, :meth:`revoke` does.
 
     Args:

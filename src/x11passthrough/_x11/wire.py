@@ -1,8 +1,6 @@
 """
 The X11 connection-setup message: parse, encode and answer it. The one home of the wire format.
 
-Strictly private.
-
 An X11 client opens every connection with a *setup request*: a 12-byte prefix (byte-order byte,
 protocol version, the lengths ``n`` and ``d`` of the authorization protocol name and data),
 then the name and the data, each padded to a multiple of 4 bytes. All integers use the byte

@@ -1,8 +1,6 @@
 """
 python-xlib as our X client, on a socket and cookie of our choosing, with deadlines.
 
-Strictly private.
-
 python-xlib is the library's X client wherever it acts as one beyond the connection setup:
 the SECURITY extension, the display queries of ``doctor``, screenshots. Two measured limits
 of python-xlib 0.33 shape this module:

@@ -1,7 +1,7 @@
 """
 The Xauthority class: an immutable sequence of entries read from, and written to, a file.
 
-Strictly private: import :class:`Xauthority` from :mod:`x11passthrough.xauth`.
+Import :class:`Xauthority` from :mod:`x11passthrough.xauth`.
 """
 
 from __future__ import annotations

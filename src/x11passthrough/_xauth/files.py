@@ -1,7 +1,7 @@
 """
 Writing Xauthority files safely: libXau's lock protocol and atomic 0600 replacement.
 
-Strictly private: import :func:`xauthority_lock` from :mod:`x11passthrough.xauth`.
+Import :func:`xauthority_lock` from :mod:`x11passthrough.xauth`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """
 The Xauthority record format, as libXau reads and writes it (``AuRead.c``, ``AuWrite.c``).
 
-Strictly private: import the public names from :mod:`x11passthrough.xauth`.
+Import the public names from :mod:`x11passthrough.xauth`.
 
 A file is a bare sequence of records; each is a big-endian 16-bit family followed by four
 fields (address, number, name, data), each a big-endian 16-bit length and that many bytes.

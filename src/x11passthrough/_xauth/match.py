@@ -1,7 +1,7 @@
 """
 Matching: which entry an X client picks for a display (libXau) and a connection (libxcb).
 
-Strictly private: import the public names from :mod:`x11passthrough.xauth`.
+Import the public names from :mod:`x11passthrough.xauth`.
 """
 
 from __future__ import annotations
