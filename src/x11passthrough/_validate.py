@@ -32,6 +32,14 @@ _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _Choice = TypeVar("_Choice", bound=str)
 
 
+def shown(value: str | bytes) -> str:
+    """Return ``repr(value)`` for a message, cut short when absurdly long (never for secrets)."""
+    if len(value) <= 80:
+        return repr(value)
+    unit = "characters" if isinstance(value, str) else "bytes"
+    return f"{value[:60]!r}... ({len(value)} {unit})"
+
+
 def bad(name: str, value: object, *words: str | Mention, hint: Words = ()) -> ConfigurationError:
     """Return the error for option `name`: ``name=value`` and then `words`."""
     return ConfigurationError(Mention(name, value), *words, option=name, value=value, hint=hint)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from .._validate import MAX_DISPLAY_NUMBER
+from .._validate import MAX_DISPLAY_NUMBER, shown
 from ..exceptions import DisplayError, DisplayNameError
 
 
@@ -42,15 +42,8 @@ _PATH_NUMBER_RE = re.compile(r".*:(?P<number>[0-9]+)", re.DOTALL)
 _TRAILING_SCREEN_RE = re.compile(r"(?P<path>.*)\.[0-9]+", re.DOTALL)
 
 
-def _shown(text: str) -> str:
-    """Return ``repr(text)``, cut short for absurdly long values."""
-    if len(text) <= 80:
-        return repr(text)
-    return f"{text[:60]!r}... ({len(text)} characters)"
-
-
 def _name_error(text: str, why: str) -> DisplayNameError:
-    return DisplayNameError(f"invalid display name {_shown(text)}: {why}; {_VALID_FORMS}")
+    return DisplayNameError(f"invalid display name {shown(text)}: {why}; {_VALID_FORMS}")
 
 
 def _is_ipv6(host: str) -> bool:

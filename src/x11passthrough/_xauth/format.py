@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from .._validate import shown
 from .._x11.wire import hidden
 from ..exceptions import XauthorityError
 
@@ -59,13 +60,6 @@ class Family(enum.IntEnum):
 
 
 _FAMILIES: dict[int, Family] = {int(member): member for member in Family}
-
-
-def shown(value: str | bytes) -> str:
-    """Return ``repr(value)``, cut short for absurdly long values (never used for data)."""
-    if len(value) <= 80:
-        return repr(value)
-    return f"{value[:60]!r}... ({len(value)} long)"
 
 
 def to_family(value: int) -> Family | int:

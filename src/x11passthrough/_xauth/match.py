@@ -13,9 +13,10 @@ import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .._validate import shown
 from .._x11.wire import MIT_MAGIC_COOKIE_1
 from ..exceptions import XauthorityError
-from .format import Family, XauthEntry, name_bytes, number_bytes, shown
+from .format import Family, XauthEntry, name_bytes, number_bytes
 
 
 def peer_family_address(
