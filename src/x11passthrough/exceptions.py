@@ -48,7 +48,7 @@ ANY: Final = ...
 @final
 class Mention:
     """
-    An option named in a message, with the value it should have (or :data:`ANY`).
+    An option named in a message, with the value it should have (or ``...``: any).
 
     The library spells it as a keyword argument, ``transport='tcp'``; the command line as a
     flag, ``--transport tcp``.
@@ -96,7 +96,6 @@ class X11PassthroughError(Exception):
     Attributes:
         option: The option (keyword argument) at fault, or that widens what failed; or None.
         value: The value `option` had (None when there is no option).
-        hint: What to do, in the message's words ("" when the message has none apart).
     """
 
     option: str | None
@@ -107,7 +106,7 @@ class X11PassthroughError(Exception):
         *words: object,
         option: str | None = None,
         value: object = None,
-        hint: Words = (),
+        hint: Sequence[str | Mention] = (),
     ) -> None:
         self.option = option
         self.value = value
@@ -128,7 +127,7 @@ class X11PassthroughError(Exception):
         """What to do, spelled as keyword arguments ("" when the message has no hint apart)."""
         return _spell(self._hint, keyword)
 
-    def explain(self, spell: Spelling) -> str:
+    def explain(self, spell: Callable[[Mention], str]) -> str:
         """Return the message with every option it names spelled by `spell`."""
         text = _spell(self._words, spell)
         hint = _spell(self._hint, spell)
