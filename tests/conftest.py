@@ -10,7 +10,7 @@ from infra.ci import IN_CI
 from infra.xvfb import reap_stale_servers
 
 
-pytest_plugins = ["pytester", "infra.fixtures", "infra.relay_peers"]
+pytest_plugins = ["pytester", "infra.fixtures", "infra.relay_peers", "infra.shm"]
 
 # A busy 2-core machine (CI, or tests run with -n) must not fail a property test for being
 # slow: the properties are about results, not time.

@@ -23,7 +23,7 @@ import random
 import socket
 import struct
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import attrs
 import pytest
@@ -335,5 +335,147 @@ def test_the_filter_counts_what_the_server_counts(server: tuple[XServer, Server]
     for index in range(STREAMS):
         try:
             run_stream(xvfb, known, rng, index)
+        except (AssertionError, OSError) as e:
+            raise AssertionError(f"X11P_FRAMING_SEED={SEED}: {e}") from e
+
+
+# -- MIT-SHM granted: its requests pass, and each ShmAttach is judged where the server reads it
+
+
+BAD_VALUE = 2
+BAD_ACCESS = 10
+
+
+@attrs.define
+class Attaches:
+    """What the server must answer to the attaches of a stream, by sequence number."""
+
+    #: Attaches the relay refused: BadAccess for MIT-SHM's major, minor 1.
+    refused: set[int] = attrs.field(factory=set)
+    #: Attaches the relay let through, of a segment the server may attach: no error.
+    attached: set[int] = attrs.field(factory=set)
+    #: Whether the server mapped the allowed segment writable (None: not attached yet).
+    writable: bool | None = None
+    #: How many attaches the relay must have judged.
+    judged: int = 0
+
+
+def generate_shm(  # noqa: PLR0912, PLR0917 - one branch per kind of request
+    rng: random.Random,
+    writer: Writer,
+    server: Server,
+    attaches: Attaches,
+    segments: tuple[int, int],
+    new_id: Callable[[], int],
+) -> None:
+    """Append MIT-SHM requests (attaches of the allowed and the denied segment among them)."""
+    allowed, denied = segments
+    made = writer.made
+    for _ in range(rng.randint(1, 30)):
+        kind = rng.random()
+        big = writer.big and rng.random() < 0.4
+        if kind < 0.35:
+            shmid = rng.choice(segments)
+            read_only = rng.choice([0, 1, 1, 2])
+            body = struct.pack(writer.fmt + "IIB", new_id(), shmid, read_only)
+            if big:
+                sequence = writer.big_request(server.shm, 1, body)
+            else:
+                sequence = writer.request(server.shm, 1, body)
+            attaches.judged += read_only < 2
+            if read_only < 2 and shmid == allowed:
+                # The server keeps one mapping per segment: read-only if the first attach was,
+                # and then it refuses a writable attach itself (BadAccess, as the relay does).
+                if attaches.writable is None:
+                    attaches.writable = not read_only
+                if read_only or attaches.writable:
+                    attaches.attached.add(sequence)
+                else:
+                    attaches.refused.add(sequence)
+            elif read_only < 2:
+                attaches.refused.add(sequence)
+        elif kind < 0.45:
+            # Attaches of the wrong length: BadLength, judged by nobody.
+            body = struct.pack(writer.fmt + "II", new_id(), denied)
+            body += rng.choice([b"", b"\0" * 8])
+            writer.request(server.shm, 1, body)
+        elif kind < 0.65:
+            minor = rng.choice([0, 2, 8, rng.randrange(9, 256)])
+            writer.request(server.shm, minor, rng.randbytes(4 * rng.randint(0, 6)))
+        elif kind < 0.75:
+            made.absent.discard(writer.query(b"MIT-SHM"))
+        elif kind < 0.85 and not writer.big and server.extensions.max_request:
+            writer.request(server.big, 0, b"")
+            writer.big = True
+        elif kind < 0.95:
+            writer.request(NO_OPERATION, 0, rng.randbytes(4 * rng.randint(0, 20)))
+        else:
+            writer.request(GET_INPUT_FOCUS, 0, b"")
+
+
+def run_shm_stream(
+    xvfb: XServer, server: Server, rng: random.Random, index: int, segments: tuple[int, int]
+) -> None:
+    order = rng.choice([b"l", b"B"])
+    made = Made()
+    writer = Writer(order, made)
+    attaches = Attaches()
+    checked: list[tuple[int, bool]] = []
+
+    def check(shmid: int, read_only: bool) -> bool:
+        checked.append((shmid, read_only))
+        return shmid == segments[0]
+
+    request_filter = RequestFilter(server.hidden.granting_shm(), attach_check=check)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(20)
+        sock.connect(xvfb.unix_path)
+        sock.sendall(request_filter.feed(bytearray(setup_request(order, xvfb.cookie))))
+        head = recv_exactly(sock, 8)
+        assert head[0] == 1, f"stream {index}: the setup failed"
+        body = recv_exactly(sock, 4 * struct.unpack_from(writer.fmt + "H", head, 6)[0])
+        (base,) = struct.unpack_from(writer.fmt + "I", body, 4)
+        ids = iter(range(base + 1, base + 100000))
+        generate_shm(rng, writer, server, attaches, segments, lambda: next(ids))
+        sync = writer.request(GET_INPUT_FOCUS, 0, b"")
+        stream = bytes(made.data)
+        start = 0
+        for end in [*cuts(rng, len(stream)), len(stream)]:
+            sock.sendall(request_filter.feed(bytearray(stream[start:end])))
+            start = end
+        assert request_filter.problem is None, f"stream {index}: {request_filter.problem}"
+        assert request_filter.requests == sync, f"stream {index}"
+        assert len(checked) == attaches.judged, f"stream {index}"
+        errors: dict[int, bytes] = {}
+        while True:
+            packet = read_packet(sock, writer.fmt)
+            (sequence,) = struct.unpack_from(writer.fmt + "H", packet, 2)
+            if packet[0] == 0:
+                errors[sequence] = packet
+            if packet[0] == 1 and sequence == sync:
+                break
+            assert sequence < sync, f"stream {index}: the server counted more requests"
+    for sequence in attaches.refused:
+        error = errors.get(sequence)
+        assert error is not None, f"stream {index}: refused attach {sequence} ran"
+        (minor,) = struct.unpack_from(writer.fmt + "H", error, 8)
+        assert (error[1], error[10], minor) == (BAD_ACCESS, server.shm, 1), f"stream {index}"
+    for sequence in attaches.attached:
+        assert sequence not in errors, f"stream {index}: attach {sequence}: {errors[sequence]!r}"
+
+
+def test_with_mit_shm_granted_attaches_are_judged_where_the_server_reads_them(
+    server: tuple[XServer, Server], segments: Callable[[int], int]
+) -> None:
+    """
+    The same differential test with MIT-SHM passed on: the server (root) would attach both
+    segments; the one the check refuses must come back BadAccess at its own sequence number.
+    """
+    xvfb, known = server
+    pair = (segments(0o600), segments(0o600))
+    rng = random.Random(SEED)
+    for index in range(max(1, STREAMS // 6)):
+        try:
+            run_shm_stream(xvfb, known, rng, index, pair)
         except (AssertionError, OSError) as e:
             raise AssertionError(f"X11P_FRAMING_SEED={SEED}: {e}") from e

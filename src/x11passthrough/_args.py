@@ -74,6 +74,8 @@ class DockerRunArgs:
         extra_hosts: Host names to add to the container's ``/etc/hosts``, with their values
             (``{"host.docker.internal": "host-gateway"}``).
         hostname: The container's host name, or ``None`` (the default) to leave the engine's.
+        ipc: The container's IPC namespace (``"host"`` with ``X11Passthrough(shm=True)``:
+            ``--ipc host``), or ``None`` to leave the engine's.
 
     .. versionadded:: 0.1.0
     """
@@ -87,6 +89,7 @@ class DockerRunArgs:
         factory=dict, converter=_frozen_mapping, hash=False
     )
     hostname: str | None = None
+    ipc: str | None = None
 
     @property
     def environment(self) -> Mapping[str, str]:
@@ -111,6 +114,8 @@ class DockerRunArgs:
             yield from ("--add-host", f"{name}:{value}")
         if self.hostname is not None:
             yield from ("--hostname", self.hostname)
+        if self.ipc is not None:
+            yield from ("--ipc", self.ipc)
         for name, value in self.environment.items():
             yield from ("--env", f"{name}={value}")
         for host, inside, read_only in self.mounts:
@@ -149,6 +154,8 @@ class DockerRunArgs:
         }
         if self.hostname is not None:
             kwargs["hostname"] = self.hostname
+        if self.ipc is not None:
+            kwargs["ipc_mode"] = self.ipc
         return kwargs
 
     def apply_to(self, container: _Container) -> _Container:
@@ -158,9 +165,9 @@ class DockerRunArgs:
         ``container.with_kwargs(**args.docker_py())`` fails: ``DockerContainer`` passes its own
         ``environment=`` and ``volumes=`` to the Docker SDK. This goes through its own
         methods instead: ``with_env`` for each variable, ``with_volume_mapping`` for each
-        mount, and, where there are any, ``extra_hosts`` and ``hostname`` merged into the
-        container's keyword arguments (``with_kwargs`` replaces them all, so the ones set
-        before are kept; call ``with_kwargs`` yourself before this, not after)::
+        mount, and, where there are any, ``extra_hosts``, ``hostname`` and ``ipc_mode``
+        merged into the container's keyword arguments (``with_kwargs`` replaces them all, so
+        the ones set before are kept; call ``with_kwargs`` yourself before this, not after)::
 
             with X11Passthrough() as args:
                 with args.apply_to(DockerContainer(image).with_command("xdpyinfo")) as c:
@@ -174,7 +181,7 @@ class DockerRunArgs:
             container.with_env(name, value)
         for host, inside, read_only in self.mounts:
             container.with_volume_mapping(host, inside, "ro" if read_only else "rw")
-        if not self.extra_hosts and self.hostname is None:
+        if not self.extra_hosts and self.hostname is None and self.ipc is None:
             return container
         # DockerContainer keeps what with_kwargs was given in `_kwargs` (testcontainers 4).
         kwargs = dict(getattr(container, "_kwargs", None) or {})
@@ -182,6 +189,8 @@ class DockerRunArgs:
             kwargs["extra_hosts"] = {**(kwargs.get("extra_hosts") or {}), **self.extra_hosts}
         if self.hostname is not None:
             kwargs["hostname"] = self.hostname
+        if self.ipc is not None:
+            kwargs["ipc_mode"] = self.ipc
         container.with_kwargs(**kwargs)
         return container
 
@@ -198,6 +207,8 @@ class DockerRunArgs:
             service["extra_hosts"] = [f"{n}:{v}" for n, v in self.extra_hosts.items()]
         if self.hostname is not None:
             service["hostname"] = self.hostname
+        if self.ipc is not None:
+            service["ipc"] = self.ipc
         return service
 
 

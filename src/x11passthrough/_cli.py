@@ -98,6 +98,14 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group.add_argument(
         "--allow", action="append", default=default, help="client network, CIDR (repeatable)"
     )
+    group.add_argument(
+        "--shm",
+        choices=["auto", "yes", "no"],
+        default=argparse.SUPPRESS if suppress else "auto",
+        help="shared memory (MIT-SHM): auto (default) for containers that share the X "
+        "server's IPC namespace; yes also runs them with --ipc host (a security decision: "
+        "see the security docs); no never",
+    )
     group.add_argument("--host-dir", default=default, help="where the session directory goes")
     group.add_argument(
         "--trust-owner",

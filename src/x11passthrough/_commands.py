@@ -30,7 +30,16 @@ from ._args import DockerRunArgs, compose_file, env_lines
 from ._display._locator import DisplayLocator
 from ._display._owner import trusted_uids
 from ._doctor import diagnose
-from ._options import AuthMode, EngineChoice, Transport, auth_mode, engine_choice, transport_choice
+from ._options import (
+    AuthMode,
+    EngineChoice,
+    ShmChoice,
+    Transport,
+    auth_mode,
+    engine_choice,
+    shm_choice,
+    transport_choice,
+)
 from ._passthrough import X11Passthrough
 from ._wrapped import Wrapped
 from ._xvfb import Xvfb
@@ -61,7 +70,7 @@ def engine_of(command: Sequence[str]) -> EngineChoice:
 
 #: The keyword options that are also flags (``host_dir`` is ``--host-dir``).
 _FLAGS = frozenset(
-    ("display", "xauthority", "auth", "bind", "allow", "host_dir", "transport", "engine")
+    ("display", "xauthority", "auth", "bind", "allow", "host_dir", "transport", "engine", "shm")
 )
 
 
@@ -69,6 +78,8 @@ def flag(mention: Mention) -> str:
     """Spell an option a message names as the command line's flag (``--bind 127.0.0.1``)."""
     if mention.option == "trusted_owners":
         return "--trust-owner with that user's name or uid"
+    if mention.option == "shm" and isinstance(mention.value, bool):
+        mention = Mention("shm", "yes" if mention.value else "no")
     if mention.option not in _FLAGS:
         return keyword(mention)
     name = f"--{mention.option.replace('_', '-')}"
@@ -155,6 +166,7 @@ class CommandOptions:
     bind: tuple[str, ...] | None = None
     allow: tuple[str, ...] | None = None
     host_dir: str | None = None
+    shm: ShmChoice = attrs.field(default="auto", converter=shm_choice)
     container_hostname: str | None = None
     locator: DisplayLocator | None = None
 
@@ -169,6 +181,7 @@ class CommandOptions:
             bind=self.bind,
             allow=self.allow,
             host_dir=self.host_dir,
+            shm=self.shm,
             container_hostname=self.container_hostname,
             locator=self.locator,
         )
@@ -189,6 +202,7 @@ def _options(opts: argparse.Namespace, wrapped: Wrapped | None) -> CommandOption
         bind=None if opts.bind is None else tuple(opts.bind),
         allow=None if opts.allow is None else tuple(opts.allow),
         host_dir=opts.host_dir,
+        shm={"auto": "auto", "yes": True, "no": False}[opts.shm],
         # The user's own name: an entry for it, for clients that look their cookie up by it.
         container_hostname=wrapped.hostname if wrapped is not None else None,
         locator=locator,

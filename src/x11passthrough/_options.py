@@ -33,6 +33,8 @@ Transport = Literal["auto", "unix", "tcp"]
 #: ``"desktop"`` (an engine in a VM: Docker Desktop, podman machine, Colima, Lima, OrbStack),
 #: or ``"auto"`` (asked over its API socket).
 EngineChoice = Literal["auto", "docker", "podman", "desktop"]
+#: Shared memory (MIT-SHM): ``"auto"`` (default), True (also ``--ipc host``) or False.
+ShmChoice = Literal["auto", True, False]
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
@@ -75,6 +77,17 @@ def auth_mode(value: object) -> AuthMode:
 def transport_choice(value: object) -> Transport:
     use = "'auto' (default), 'unix' (a socket bind-mounted into the container) or 'tcp'"
     return _validate.choice(value, "transport", get_args(Transport), f"a transport; use {use}")
+
+
+def shm_choice(value: object) -> ShmChoice:
+    if value == "auto" or value is True or value is False:
+        return value
+    raise _validate.bad(
+        "shm",
+        value,
+        " is not a shared-memory choice; use 'auto' (default: where the container already "
+        "shares the X server's IPC namespace), True (also give it --ipc host) or False (never)",
+    )
 
 
 def engine_choice(value: object) -> EngineChoice:
@@ -188,6 +201,7 @@ class Options:
     connect_timeout: float = attrs.field(default=2.0, converter=_connect_timeout)
     setup_timeout: float = attrs.field(default=10.0, converter=_setup_timeout)
     stall_timeout: float = attrs.field(default=0.5, converter=_stall_timeout)
+    shm: ShmChoice = attrs.field(default="auto", converter=shm_choice)
 
     def __attrs_post_init__(self) -> None:
         if self.transport == "unix" and self.bind is not None:

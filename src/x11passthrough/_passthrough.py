@@ -22,7 +22,7 @@ import warnings
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Protocol
+from typing import Literal, Protocol
 
 import attrs
 
@@ -44,7 +44,7 @@ from ._relay.thread import RelayThread
 from ._upstream import HostSide, Upstream
 from ._x11.security import UntrustedCookie
 from ._xauth.authority import default_path
-from .exceptions import DisplayError, Mention, X11PassthroughError
+from .exceptions import ConfigurationError, DisplayError, Mention, X11PassthroughError
 
 
 logger = logging.getLogger("x11passthrough")
@@ -154,6 +154,15 @@ class X11Passthrough:
             (with 1 MiB waiting) before the relay drops it; 0 never drops. An X server buffers
             without bound for a client that asks and never reads (Xvfb grew about 800 MB/s
             and crashed near 2 GB), so one stalled container could take the display down.
+        shm: Shared memory (MIT-SHM), granted as the X server would grant it to the
+            container's own process. ``"auto"`` (default): offered to a client that shares the
+            X server's IPC namespace (the relay checks its process, on the UNIX transport),
+            hidden from the others. ``True``: as ``"auto"``, and the container gets ``--ipc
+            host`` so its clients do share it: a security decision (the container then sees
+            and may use every System V IPC object of the host its user has permission for;
+            see the security page). ``False``: hidden from every client. The relay checks
+            every ``ShmAttach`` against the client's own credentials, as the server checks a
+            client connected directly.
         locator: The :class:`~x11passthrough.display.DisplayLocator` to use (for other socket
             directories).
 
@@ -183,6 +192,7 @@ class X11Passthrough:
         connect_timeout: float = 2.0,
         setup_timeout: float = 10.0,
         stall_timeout: float = 0.5,
+        shm: Literal["auto", True, False] = "auto",
         locator: DisplayLocator | None = None,
     ) -> None:
         self._options = Options(
@@ -203,6 +213,7 @@ class X11Passthrough:
             connect_timeout=connect_timeout,
             setup_timeout=setup_timeout,
             stall_timeout=stall_timeout,
+            shm=shm,
         )
         self._locator = locator or DisplayLocator(connect_timeout=self._options.connect_timeout)
         self._cleanup: Cleanup | None = None
@@ -394,6 +405,8 @@ class X11Passthrough:
             found = engine_as_told(opts.engine)
             watcher.engine(found, opts.engine)
         chosen = plan(opts, found)
+        if opts.shm is True:
+            _check_shm(chosen.transport, opts.auth)
         gates = policy(opts, chosen, upstream, display=connection.name)
         lent = lend(chosen, gates, opts, self._locator._places(abstract=True), cleanup)
         logger.info(
@@ -411,12 +424,36 @@ class X11Passthrough:
             allow=gates.allow,
             refresh_allow=gates.refresh_allow,
             hidden=upstream.hidden,
+            shm=opts.shm is not False,
         )
         return _Assembled(
             endpoint=upstream.endpoint,
             listeners=lent.listeners,
             endpoints=lent.endpoints,
             relay_options=relay_options,
-            args=lent.args,
+            args=attrs.evolve(lent.args, ipc="host") if opts.shm is True else lent.args,
             upstream=upstream,
+        )
+
+
+def _check_shm(transport: str, auth: AuthMode) -> None:
+    """Raise if ``shm=True`` cannot give shared memory (it would only add ``--ipc host``)."""
+    if transport != "unix":
+        raise ConfigurationError(
+            Mention("shm", True),
+            " needs the UNIX transport: shared memory is granted only to a client the relay "
+            "sees on its mounted socket (engines in a VM do not share this host's memory)",
+            option="shm",
+            value=True,
+            hint=("leave shm out, or pass ", Mention("transport", "unix")),
+        )
+    if auth == "untrusted":
+        raise ConfigurationError(
+            Mention("shm", True),
+            " with ",
+            Mention("auth", "untrusted"),
+            ": the X server refuses MIT-SHM to untrusted clients, so it would only add --ipc host",
+            option="shm",
+            value=True,
+            hint=("leave shm out, or use ", Mention("auth", "substitute")),
         )

@@ -3,8 +3,9 @@ The relay: forwards connections from listening sockets to an X display.
 
 Strictly private. Modules, each one concept, in the order they depend on each other:
 ``options`` (RelayOptions), ``stats`` (counters, RelayStats, the shared DataPath),
-``sockets`` (helpers), ``flows`` (the copy and splice data paths), ``connection`` (one
-client's setup phase and flows), ``server`` (Relay: accept loop and lifecycle), ``thread``
+``sockets`` (helpers), ``flows`` (the copy and splice data paths, descriptors carried),
+``shm`` (MIT-SHM granted as the X server would), ``connection`` (one client's setup phase
+and flows), ``server`` (Relay: accept loop and lifecycle), ``thread``
 (RelayThread and its busy-poll selector).
 
 Design, chosen by measuring variants with ``benchmarks/bench_relay.py`` (x11perf on a 2-core
@@ -21,12 +22,26 @@ virtual machine; times relative to a direct TCP connection to the X server):
 - On Linux, bytes that arrive on a TCP socket move with ``os.splice`` through a pipe instead,
   so they never enter user space (PutImage 0.9x instead of 1.5x). Splicing *from* a UNIX
   socket measured slower than copying (GetImage 1.9x instead of 1.3x), so that direction
-  copies.
+  copies. Measured again on Linux 6.18 (issue 19; x11perf in a container, the shared 2-core
+  machine at load 10-12, two runs of 3-4 interleaved rounds): splicing the display's
+  direction on the UNIX transport saved a little of the relay's CPU (0.85 instead of 0.90 and
+  0.54 instead of 0.69 s/GB of GetImage) but its median GetImage time was worse in both runs
+  (1.85x instead of 1.34x the bare socket, and 3.4x instead of 0.93x), and a 1 MiB send buffer
+  on the client's socket cost more CPU (1.09 instead of 0.69 s/GB): neither is kept. On a
+  connection granted MIT-SHM both directions copy anyway, to carry descriptors.
+- The client's direction passes the request filter, so it copies; but on TCP the body of a
+  large request (64 KiB or more still to come once the filter has read its header: PutImage)
+  is spliced (:class:`~.flows.BodySpliceFlow`). x11perf PutImage 500 in a container through
+  ``transport="tcp"``, 5 interleaved rounds, load average 7: 0.53 instead of 0.66 s of the
+  relay's CPU per GB, median 1.53 instead of 1.66 ms (2.04x instead of 2.20x the bare socket).
 - Backpressure: a direction stops reading when its backlog reaches ``high_water`` and resumes
   when it drains to ``low_water``; the backlog never exceeds ``high_water``.
-- A relay that owns its event loop (:class:`RelayThread`) busy-polls for 50 microseconds after
-  small exchanges before it sleeps. An X client waits for each reply, so the next event
-  usually arrives within that time and a sleep and a wake-up are saved: a GetProperty round
-  trip took 0.76x instead of 1.7x. It does not poll after bulk reads, where the CPU is better
-  left to the X server and the client.
+- A relay that owns its event loop (:class:`RelayThread`) can busy-poll for ``busy_poll``
+  seconds after small exchanges before it sleeps (an X client waits for each reply, so the
+  next event often arrives within 50 microseconds): on an idle machine a GetProperty round
+  trip took 0.76x instead of 1.7x. It no longer does by default (issue 19): on the shared
+  2-core machine (load average 10), x11perf in a container through the relay, 3 interleaved
+  rounds, busy-polling doubled the relay's CPU per round trip (0.74 s instead of 0.39 s per
+  10,000 GetProperty round trips) and the median GetProperty time was 0.51 ms with it,
+  0.19 ms without: the polling thread takes the CPU the client and the X server need.
 """

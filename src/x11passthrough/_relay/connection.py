@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._x11.gate import Accept, Reject
 from .._x11.requests import Hidden, RequestFilter
 from .._x11.wire import failed_reply
-from .flows import HAVE_SPLICE, MAX_SPLICE_PIPES, PIPE_SIZE, CopyFlow, Flow, SpliceFlow
+from . import shm
+from .flows import (
+    HAVE_SPLICE,
+    MAX_SPLICE_PIPES,
+    PIPE_SIZE,
+    BodySpliceFlow,
+    CopyFlow,
+    FdCopyFlow,
+    Flow,
+    SpliceFlow,
+)
 from .options import SetupFilter
 from .sockets import TCP_FAMILIES, close_socket, describe_error, open_pipe
 from .stats import DataPath
@@ -184,9 +194,26 @@ class Connection:
             return
         upstream, hidden = opened
         request_filter = None
+        descriptors = False
         if hidden is not None:
+            attach_check = None
+            if self._path.options.shm and hidden.shm is not None:
+                granted = shm.grant(self.client, upstream)
+                if isinstance(granted, shm.Grant):
+                    hidden = hidden.granting_shm()
+                    attach_check = granted.check
+                    descriptors = True
+                    logger.debug(
+                        "relay connection #%d: MIT-SHM granted to pid %d (uid %d, gid %d)",
+                        self.number,
+                        granted.client.pid,
+                        granted.client.uid,
+                        granted.client.gid,
+                    )
+                else:
+                    hidden = hidden.refusing_shm(granted)
             self._refused = hidden.refused
-            request_filter = RequestFilter(hidden, on_query=self._asked)
+            request_filter = RequestFilter(hidden, on_query=self._asked, attach_check=attach_check)
         if request_filter is not None and forward:
             forward = bytes(request_filter.feed(bytearray(forward)))
             if request_filter.problem is not None:
@@ -202,7 +229,7 @@ class Connection:
             self._path.counters.bytes_up += len(forward)
             self.forwarded = len(forward)
         self.received = b""
-        self._start_flows(upstream, request_filter)
+        self._start_flows(upstream, request_filter, descriptors=descriptors)
 
     async def _open_upstream(self) -> tuple[socket.socket, Hidden | None] | None:
         """
@@ -467,25 +494,39 @@ class Connection:
                         break
         self.close(reason)
 
-    def _start_flows(self, upstream: socket.socket, request_filter: RequestFilter | None) -> None:
+    def _start_flows(
+        self, upstream: socket.socket, request_filter: RequestFilter | None, *, descriptors: bool
+    ) -> None:
+        """Start both directions; with `descriptors` they carry descriptors (no splice)."""
         path = self._path
         options = path.options
         client = self.client
         flows: list[Flow] = []
         for src, dst, up in ((client, upstream, True), (upstream, client, False)):
             pipe = None
+            up_filter = request_filter if up else None
+            if descriptors:
+                flows.append(
+                    FdCopyFlow(self, path, self.loop, src, dst, up=up, request_filter=up_filter)
+                )
+                continue
             if (
                 options.splice
-                and not (up and request_filter is not None)
                 and HAVE_SPLICE
                 and src.family in TCP_FAMILIES
                 and path.descriptors.pipes < MAX_SPLICE_PIPES
             ):
                 pipe = open_pipe(min(options.read_size, PIPE_SIZE))
-            if pipe is not None:
+            if pipe is not None and up_filter is not None:
+                # Filtered: copied, but for the bodies of large requests (PutImage).
+                flows.append(
+                    BodySpliceFlow(
+                        self, path, self.loop, src, dst, pipe=pipe, up=up, request_filter=up_filter
+                    )
+                )
+            elif pipe is not None:
                 flows.append(SpliceFlow(self, path, self.loop, src, dst, pipe=pipe, up=up))
             else:
-                up_filter = request_filter if up else None
                 flows.append(
                     CopyFlow(self, path, self.loop, src, dst, up=up, request_filter=up_filter)
                 )

@@ -8,6 +8,7 @@ so it never reaches up into the relay.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import fcntl
@@ -33,10 +34,17 @@ PIPE_SIZE = 256 * 1024
 #: Most connections with a splice pipe at once: each pipe counts towards the per-user limit
 #: of pipe memory (``/proc/sys/fs/pipe-user-pages-soft``), which other programs share.
 MAX_SPLICE_PIPES = 64
+#: Body bytes still to come of a filtered request at which they are spliced rather than copied.
+BODY_SPLICE = 64 * 1024
+#: Most descriptors one message may carry (libxcb sends at most 16 with a request).
+MAX_FDS_PER_MESSAGE = 16
+#: Most descriptors a direction holds that its receiver has not been sent yet.
+MAX_FDS_HELD = 64
 
 HAVE_SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if HAVE_SPLICE else 0
 _RETRY = (BlockingIOError, InterruptedError)
+_FD = array.array("i")
 
 logger = logging.getLogger("x11passthrough")
 
@@ -225,6 +233,10 @@ class Flow:
 
     def _failed(self, exc: OSError, role: str) -> None:
         conn = self._conn
+        if isinstance(exc, DescriptorLimitError):
+            logger.warning("relay: %s", exc)
+            conn.fail(f"x11passthrough: {exc}")
+            return
         reason = f"{role} connection failed: {describe_error(exc, 0)}"
         if role == self.dst_role and conn.sent_eof(self._dst):
             # A peer that sent EOF and then closed (not just half-closed) refuses what is
@@ -270,7 +282,7 @@ class CopyFlow(Flow):
         size = min(self._read_size, self._high - pending) if pending else self._read_size
         scratch = self._path.scratch
         try:
-            n = self._src.recv_into(scratch, size)
+            n = self._receive(scratch, size)
         except _RETRY:
             return
         except OSError as exc:
@@ -292,7 +304,7 @@ class CopyFlow(Flow):
             self.pending = pending + n
         else:
             try:
-                sent = self._dst.send(data)
+                sent = self._send(data)
             except _RETRY:
                 sent = 0
             except OSError as exc:
@@ -307,6 +319,14 @@ class CopyFlow(Flow):
         self._account()
         if self.pending >= self._high:
             self._pause()
+
+    def _receive(self, scratch: memoryview, size: int) -> int:
+        """Read at most `size` bytes into `scratch`; return how many."""
+        return self._src.recv_into(scratch, size)
+
+    def _send(self, data: bytearray | memoryview) -> int:
+        """Send what `dst` takes of `data`; return how many bytes."""
+        return self._dst.send(data)
 
     def _filtered(
         self, request_filter: RequestFilter, data: bytearray | memoryview
@@ -325,7 +345,7 @@ class CopyFlow(Flow):
         offset = self._offset
         try:
             with memoryview(backlog) as view:
-                sent = self._dst.send(view[offset:])
+                sent = self._send(view[offset:])
         except _RETRY:
             return
         except OSError as exc:
@@ -351,6 +371,201 @@ class CopyFlow(Flow):
     def detach(self) -> None:
         super().detach()
         self._backlog = bytearray()
+
+
+class DescriptorLimitError(OSError):
+    """A peer sent more descriptors than the relay holds for one connection."""
+
+
+class FdCopyFlow(CopyFlow):
+    """
+    A copying direction that also carries file descriptors (``SCM_RIGHTS``), on UNIX sockets.
+
+    The X server and libxcb read descriptors with the bytes they came with and queue them in
+    order; a request or reply that needs one takes the next. So a descriptor keeps its
+    meaning if it arrives no later than its bytes: each one received goes with the first send
+    after it (with its bytes, or with bytes that came before them). Bounded: at most
+    :data:`MAX_FDS_PER_MESSAGE` per message (libxcb sends at most 16 with a request; more,
+    or a message the kernel had to cut short, ends the connection), at most
+    :data:`MAX_FDS_HELD` held for one direction at once, and never past the relay's
+    descriptor budget, so no client can take the host process's descriptors.
+    """
+
+    __slots__ = ("_ancillary", "_fds")
+
+    def start(self) -> None:
+        self._fds: list[int] = []
+        self._ancillary = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * _FD.itemsize)
+        super().start()
+
+    def _receive(self, scratch: memoryview, size: int) -> int:
+        n, ancillary, flags, _ = self._src.recvmsg_into([scratch[:size]], self._ancillary)
+        if not ancillary and not flags & socket.MSG_CTRUNC:
+            return n
+        received = array.array("i")
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received.frombytes(data[: len(data) - len(data) % received.itemsize])
+        descriptors = self._path.descriptors
+        self._fds.extend(received)
+        descriptors.passed_in(len(received))
+        if flags & socket.MSG_CTRUNC:
+            raise DescriptorLimitError(
+                f"the {self.src_role} sent more than {MAX_FDS_PER_MESSAGE} descriptors in one "
+                "message; connection closed"
+            )
+        if len(self._fds) > MAX_FDS_HELD:
+            raise DescriptorLimitError(
+                f"the {self.src_role} sent more than {MAX_FDS_HELD} descriptors that the "
+                f"{self.dst_role} has not taken yet; connection closed"
+            )
+        if descriptors.over_budget:
+            raise DescriptorLimitError(
+                "the relay is at its descriptor budget and cannot hold the descriptors the "
+                f"{self.src_role} sent; connection closed"
+            )
+        return n
+
+    def _send(self, data: bytearray | memoryview) -> int:
+        fds = self._fds
+        if not fds:
+            return self._dst.send(data)
+        sent = self._dst.sendmsg(
+            [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        )
+        self._drop_fds()
+        return sent
+
+    def _drop_fds(self) -> None:
+        """Close the descriptors held (sent on, or the connection is closing)."""
+        fds = self._fds
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._path.descriptors.passed_on(len(fds))
+        fds.clear()
+
+    def detach(self) -> None:
+        super().detach()
+        self._drop_fds()
+
+
+class BodySpliceFlow(CopyFlow):
+    """
+    The client's direction through the request filter, with large request bodies spliced.
+
+    Once the filter has read a request's header and at least :data:`BODY_SPLICE` bytes of
+    its body are still to come (a PutImage's pixels), those bytes move from `src` through a
+    pipe to `dst` with ``os.splice``, never entering user space: the filter has nothing to
+    judge in a body it has framed. The filter counts them as passed, and the flow copies
+    (and filters) again from the next request on. It starts splicing only with an empty
+    backlog, and reads nothing more to copy until the pipe is empty, so bytes stay in order.
+    """
+
+    __slots__ = ("_body", "_capacity", "_in_pipe", "_pipe_r", "_pipe_w")
+
+    def __init__(
+        self,
+        owner: FlowOwner,
+        path: DataPath,
+        loop: asyncio.AbstractEventLoop,
+        src: socket.socket,
+        dst: socket.socket,
+        *,
+        pipe: tuple[int, int],
+        up: bool,
+        request_filter: RequestFilter | None = None,
+    ) -> None:
+        super().__init__(owner, path, loop, src, dst, up=up, request_filter=request_filter)
+        self._pipe_r, self._pipe_w = pipe
+        path.descriptors.pipe_opened()
+        self._capacity = min(fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ), self._high)
+        #: Bytes of the current request's body still to splice from `src`.
+        self._body = 0
+        #: Bytes in the pipe, not yet taken by `dst`.
+        self._in_pipe = 0
+
+    def _on_readable(self) -> None:
+        if self._body:
+            self._splice_in()
+            return
+        if self._in_pipe:  # the body's end is still in the pipe: copy nothing before it
+            self._pause()
+            return
+        super()._on_readable()
+        request_filter = self._filter
+        if request_filter is None or self.pending or self.finished or self._eof:
+            return
+        left = request_filter.body_left
+        if left >= BODY_SPLICE:
+            request_filter.pass_body(left)
+            self._body = left
+
+    def _splice_in(self) -> None:
+        room = min(self._body, self._read_size, self._capacity - self._in_pipe)
+        if room <= 0:
+            self._pause()
+            return
+        try:
+            n = os.splice(self._sfd, self._pipe_w, room, flags=_SPLICE_FLAGS)
+        except _RETRY:
+            if self._in_pipe:
+                self._pause()  # the pipe ran out of slots: wait for `dst`
+            return
+        except OSError as exc:
+            self._failed(exc, self.src_role)
+            return
+        if not n:
+            self._on_eof()
+            return
+        if n >= BULK_READ:
+            self._activity.bulk = True
+        self._body -= n
+        self._in_pipe += n
+        self.pending += n
+        if not self._writing:
+            if not self._splice_out():
+                return
+            if self._in_pipe:
+                self._want_write()
+        self._account()
+        if self._in_pipe >= self._capacity or (not self._body and self._in_pipe):
+            self._pause()
+
+    def _splice_out(self) -> bool:
+        """Move what `dst` takes from the pipe; False if the connection failed."""
+        try:
+            sent = os.splice(self._pipe_r, self._dfd, self._in_pipe, flags=_SPLICE_FLAGS)
+        except _RETRY:
+            return True
+        except OSError as exc:
+            self._failed(exc, self.dst_role)
+            return False
+        self._count(sent)
+        self._in_pipe -= sent
+        self.pending -= sent
+        return True
+
+    def _on_writable(self) -> None:
+        if not self._in_pipe:
+            super()._on_writable()
+            return
+        if not self._splice_out():
+            return
+        self._account()
+        if not self.pending:
+            self._drained()
+        elif self._body and self.pending <= self._low:
+            self._resume()
+
+    def detach(self) -> None:
+        super().detach()
+        self._in_pipe = self._body = 0
+        if self._pipe_r >= 0:
+            os.close(self._pipe_r)
+            os.close(self._pipe_w)
+            self._pipe_r = self._pipe_w = -1
+            self._path.descriptors.pipe_closed()
 
 
 class SpliceFlow(Flow):

@@ -40,7 +40,7 @@ class HiddenSource(Protocol):
 DEFAULT_READ_SIZE = 1024 * 1024
 DEFAULT_HIGH_WATER = 1024 * 1024
 DEFAULT_LOW_WATER = 256 * 1024
-DEFAULT_BUSY_POLL = 50e-6
+DEFAULT_BUSY_POLL = 0.0
 DEFAULT_STALL_TIMEOUT = 0.5
 
 
@@ -148,9 +148,15 @@ class RelayOptions:
             :class:`HiddenSource` is asked for every connection, after it reached the
             display (the numbers change when the server restarts). None passes requests
             unchanged.
+        shm: Offer MIT-SHM to a client that shares the X server's IPC namespace (checked per
+            connection; see :mod:`.shm`), each ``ShmAttach`` checked against the client's
+            credentials, and carry file descriptors both ways on its connection. False hides
+            MIT-SHM from every client (with `hidden`).
         busy_poll: Seconds a relay that owns its event loop keeps polling after small
-            exchanges before it sleeps; 0 disables it. This trades some CPU while clients
-            are busy for less than half the added round-trip latency; an idle relay uses none.
+            exchanges before it sleeps; 0 (the default) never polls. Polling trades CPU while
+            clients are busy for less round-trip latency where a CPU is idle; on a loaded
+            small machine it takes the CPU from the client and the X server (see the
+            package's design note).
 
     Raises:
         ConfigurationError: An option is out of range.
@@ -174,6 +180,7 @@ class RelayOptions:
     stall_timeout: float = attrs.field(default=DEFAULT_STALL_TIMEOUT, converter=_stall_timeout)
     busy_poll: float = attrs.field(default=DEFAULT_BUSY_POLL, converter=_busy_poll)
     hidden: Hidden | HiddenSource | None = attrs.field(default=None, eq=False)
+    shm: bool = False
 
     @low_water.validator
     def _check_low_water(self, _attribute: object, value: object) -> None:

@@ -98,6 +98,7 @@ class Relay:
         self._budget_paused = False
         self.admission = Admission(self.options)
         self._warnings: dict[str, WarnLimiter] = {}
+        self.path.descriptors.budget = self.admission.budget
         self.allow = self.options.allow
         self._refreshed = -REFRESH_EVERY
         self._refreshing: asyncio.Future[None] | None = None

@@ -95,7 +95,7 @@ class Descriptors:
     connections and flows that open and close them tell this ledger, and nothing else counts.
     """
 
-    __slots__ = ("pipes", "sockets")
+    __slots__ = ("budget", "passed", "pipes", "sockets")
 
     #: What a new client may need: its socket, the display's, and a pipe (two descriptors).
     PER_CLIENT = 4
@@ -103,6 +103,10 @@ class Descriptors:
     def __init__(self) -> None:
         self.sockets = 0
         self.pipes = 0
+        #: Descriptors clients or the X server passed (SCM_RIGHTS), held until sent on.
+        self.passed = 0
+        #: Most descriptors the relay may hold (the server sets it from its admission).
+        self.budget = 1 << 20
 
     def socket_opened(self) -> None:
         """Count a client or display socket the relay opened (or accepted)."""
@@ -120,10 +124,23 @@ class Descriptors:
         """Give a pipe's two descriptors back."""
         self.pipes -= 1
 
+    def passed_in(self, count: int) -> None:
+        """Count `count` descriptors received with a peer's bytes."""
+        self.passed += count
+
+    def passed_on(self, count: int) -> None:
+        """Give back `count` passed descriptors, sent on (or closed)."""
+        self.passed -= count
+
     @property
     def in_use(self) -> int:
         """The descriptors held now."""
-        return self.sockets + 2 * self.pipes
+        return self.sockets + 2 * self.pipes + self.passed
+
+    @property
+    def over_budget(self) -> bool:
+        """Tell whether the relay holds more descriptors than its budget."""
+        return self.in_use > self.budget
 
     def room_for_a_client(self, budget: int) -> bool:
         """Tell whether a new client (and all it may need) fits in `budget` descriptors."""

@@ -1,4 +1,4 @@
-"""The relay on a thread of its own, for synchronous callers, with a busy-polling selector."""
+"""The relay on its own thread, for synchronous callers, with an optional busy-polling selector."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from .requests import (
     HIDDEN_EXTENSIONS,
     HIDDEN_REQUESTS,
     LIST_EXTENSIONS,
+    MIT_SHM,
     QUERY_EXTENSION,
     REEXECUTED,
     REEXECUTED_MINORS,
@@ -78,6 +79,7 @@ class ServerExtensions:
             reexecuted_minors={
                 m: REEXECUTED_MINORS[n] for n, m in self.majors.items() if n in REEXECUTED_MINORS
             },
+            shm=self.majors.get(MIT_SHM),
         )
 
 

@@ -104,7 +104,7 @@ from collections.abc import Callable, Mapping
 import attrs
 
 
-#: Extensions no relayed client gets, and why (for the docs and the log).
+#: Extensions no relayed client gets (MIT-SHM: unless granted), and why (for docs and log).
 HIDDEN_EXTENSIONS: dict[bytes, str] = {
     b"MIT-SHM": "shared memory does not cross the container boundary",
     b"DRI3": "its replies carry file descriptors, which a relay cannot pass",
@@ -114,6 +114,15 @@ HIDDEN_EXTENSIONS: dict[bytes, str] = {
 #: as the server itself (``serverClient``), so any client's segment: a client could read what
 #: a host client shares with the server without ever sending an MIT-SHM request.
 HIDDEN_REQUESTS: dict[bytes, frozenset[int]] = {b"XVideo": frozenset({19})}
+#: The shared-memory extension, granted to clients that share the X server's IPC namespace.
+MIT_SHM = b"MIT-SHM"
+#: MIT-SHM's ``ShmAttach`` minor opcode (a System V id, checked against the client).
+SHM_ATTACH = 1
+#: The words of a well-formed ``ShmAttach``: header, shmseg, shmid, read-only flag.
+_SHM_ATTACH_WORDS = 4
+#: What a refused attach's shmid becomes: no segment has it, so the server's ``shmat`` fails
+#: and it answers BadAccess, as it does for a segment a direct client may not attach.
+NO_SEGMENT = 0xFFFFFFFF
 #: The extension whose requests change how lengths are read.
 BIG_REQUESTS = b"BIG-REQUESTS"
 #: Core opcode of QueryExtension.
@@ -145,6 +154,7 @@ _BLOCK = 1
 _QUERY = 2
 _ENABLE = 3
 _MINOR = 4  # blocked when its minor opcode is in Hidden.minors
+_SHM = 5  # MIT-SHM granted: ShmAttach judged
 # Whether a big request of a major closes the connection: 1 always, or for some minors.
 _SOME_MINORS = 2
 
@@ -173,6 +183,9 @@ class Hidden:
             such a request in big form closes the connection.
         reexecuted_minors: Likewise for some minor opcodes of a major only
             (:data:`REEXECUTED_MINORS`).
+        shm: MIT-SHM's major opcode when the server offers it to these clients, else None.
+        shm_granted: MIT-SHM is not hidden: its requests pass, every ``ShmAttach`` judged by
+            the filter's attach check (see :meth:`granting_shm`).
     """
 
     names: frozenset[bytes]
@@ -184,6 +197,28 @@ class Hidden:
     reexecuted: frozenset[int] = frozenset({GRAB_SERVER})
     reexecuted_minors: Mapping[int, frozenset[int]] = attrs.field(factory=dict)
     minors: Mapping[int, frozenset[int]] = attrs.field(factory=dict)
+    shm: int | None = None
+    shm_granted: bool = False
+
+    def granting_shm(self) -> Hidden:
+        """Return this with MIT-SHM offered (if the server has it), its attaches judged."""
+        if self.shm is None:
+            return self
+        return attrs.evolve(
+            self,
+            names=self.names - {MIT_SHM},
+            majors=self.majors - {self.shm},
+            refused={n: why for n, why in self.refused.items() if n != MIT_SHM},
+            shm_granted=True,
+        )
+
+    def refusing_shm(self, reason: str) -> Hidden:
+        """Return this with `reason` added to why a client asking for MIT-SHM does not get it."""
+        if MIT_SHM not in self.names or MIT_SHM not in self.refused:
+            return self
+        return attrs.evolve(
+            self, refused={**self.refused, MIT_SHM: f"{self.refused[MIT_SHM]}; {reason}"}
+        )
 
     @property
     def name_lengths(self) -> frozenset[int]:
@@ -204,6 +239,8 @@ class Hidden:
         for major in self.minors:
             if table[major] == _PASS:
                 table[major] = _MINOR
+        if self.shm_granted and self.shm is not None and self.shm in self.extensions:
+            table[self.shm] = _SHM
         return bytes(table)
 
     def minor_tables(self) -> dict[int, bytes]:
@@ -245,6 +282,7 @@ class RequestFilter:
 
     __slots__ = (
         "_actions",
+        "_attach_check",
         "_big",
         "_big_len",
         "_big_minors",
@@ -261,13 +299,20 @@ class RequestFilter:
         "_setup",
         "_skip",
         "_u16",
+        "attaches_refused",
         "problem",
         "queries_hidden",
         "requests",
         "requests_blocked",
     )
 
-    def __init__(self, hidden: Hidden, *, on_query: Callable[[bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        hidden: Hidden,
+        *,
+        on_query: Callable[[bytes], None] | None = None,
+        attach_check: Callable[[int, bool], bool] | None = None,
+    ) -> None:
         """
         Follow one client's stream.
 
@@ -275,7 +320,12 @@ class RequestFilter:
             hidden: What to keep from the client, numbered by the server it reaches.
             on_query: Called with the name when the client asks for an extension of
                 ``hidden.refused`` (rarely: a few times per connection at most).
+            attach_check: Where ``hidden`` grants MIT-SHM: called with the shmid and the
+                read-only flag of every well-formed ``ShmAttach``; a false answer turns the
+                id into one no segment has (the server answers BadAccess). None refuses
+                every attach.
         """
+        self._attach_check = attach_check
         self._names = hidden.names
         self._refused = frozenset(hidden.refused)
         self._lengths = hidden.name_lengths
@@ -298,6 +348,8 @@ class RequestFilter:
         self.queries_hidden = 0
         #: How many requests to a hidden or unknown extension were turned into BadRequest.
         self.requests_blocked = 0
+        #: How many ShmAttach requests were refused (turned into BadAccess).
+        self.attaches_refused = 0
         #: How many requests the server has been sent whole: its sequence number (mod 2**16)
         #: of the last one.
         self.requests = 0
@@ -356,6 +408,11 @@ class RequestFilter:
                     elif action == _ENABLE:
                         if words == 1 and data[pos + 1] == 0:
                             big = True  # a well-formed BigReqEnable: 32-bit lengths from the next
+                    elif action == _SHM:
+                        if words == _SHM_ATTACH_WORDS and not self._judge_attach(
+                            data, pos, _HEADER, size
+                        ):
+                            break
                     elif self._minors[major][data[pos + 1]]:
                         data[pos] = BAD_REQUEST_OPCODE
                         self.requests_blocked += 1
@@ -374,8 +431,13 @@ class RequestFilter:
                 if action == _BLOCK or (action == _MINOR and self._minors[major][data[pos + 1]]):
                     data[pos] = BAD_REQUEST_OPCODE
                     self.requests_blocked += 1
-                elif action == _QUERY and not self._judge_query(
-                    data, pos + _BIG_HEADER, pos + length, size
+                elif (
+                    action == _QUERY
+                    and not self._judge_query(data, pos + _BIG_HEADER, pos + length, size)
+                ) or (
+                    action == _SHM
+                    and words == _SHM_ATTACH_WORDS + 1
+                    and not self._judge_attach(data, pos, _BIG_HEADER, size)
                 ):
                     break
                 # A BigReqEnable sent big (length 2) is well-formed too; big is on already.
@@ -395,6 +457,17 @@ class RequestFilter:
             return data[:pos]
         self._skip = pos - size
         return data
+
+    @property
+    def body_left(self) -> int:
+        """Bytes of the current request still to come, all of its body (nothing to judge)."""
+        return 0 if self.problem is not None else self._skip
+
+    def pass_body(self, size: int) -> None:
+        """Count `size` bytes of :attr:`body_left` as passed on without :meth:`feed`."""
+        if not 0 <= size <= self._skip:
+            raise ValueError(f"{size} bytes are not part of the current request's body")
+        self._skip -= size
 
     def _fail(self, words: int, major: int, *, refused: bool) -> memoryview | bytearray:
         if refused and 2 <= words <= self._max:
@@ -449,6 +522,31 @@ class RequestFilter:
             self.queries_hidden += 1
         if name in self._refused and self._on_query is not None:
             self._on_query(name)
+        return True
+
+    def _judge_attach(
+        self, data: bytearray | memoryview, pos: int, header: int, size: int
+    ) -> bool:
+        """
+        Let the ``ShmAttach`` at `pos` (body after `header` bytes) through or refuse it.
+
+        Only an attach the server would carry out is judged: its minor is ``ShmAttach`` and
+        its read-only flag is 0 or 1 (another value is BadValue before any attach). Returns
+        False when the request is not all in `data` yet.
+        """
+        if data[pos + 1] != SHM_ATTACH:
+            return True
+        body = pos + header
+        if size < body + 12:
+            return False
+        read_only = data[body + 8]
+        if read_only > 1:
+            return True
+        (shmid,) = self._big_len(data, body + 4)
+        check = self._attach_check
+        if check is None or not check(shmid, bool(read_only)):
+            data[body + 4 : body + 8] = NO_SEGMENT.to_bytes(4, "little")
+            self.attaches_refused += 1
         return True
 
 
