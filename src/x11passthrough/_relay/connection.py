@@ -29,11 +29,11 @@ from .flows import (
     PIPE_SIZE,
     BodySpliceFlow,
     CopyFlow,
-    FdCopyFlow,
     Flow,
     SpliceFlow,
 )
 from .options import SetupFilter
+from .passing import FdCopyFlow
 from .sockets import TCP_FAMILIES, close_socket, describe_error, open_pipe
 from .stats import DataPath
 
@@ -198,20 +198,8 @@ class Connection:
         if hidden is not None:
             attach_check = None
             if self._path.options.shm and hidden.shm is not None:
-                granted = shm.grant(self.client, upstream)
-                if isinstance(granted, shm.Grant):
-                    hidden = hidden.granting_shm()
-                    attach_check = granted.check
-                    descriptors = True
-                    logger.debug(
-                        "relay connection #%d: MIT-SHM granted to pid %d (uid %d, gid %d)",
-                        self.number,
-                        granted.client.pid,
-                        granted.client.uid,
-                        granted.client.gid,
-                    )
-                else:
-                    hidden = hidden.refusing_shm(granted)
+                hidden, attach_check = shm.decide(self.client, upstream, hidden, self.number)
+                descriptors = attach_check is not None
             self._refused = hidden.refused
             request_filter = RequestFilter(hidden, on_query=self._asked, attach_check=attach_check)
         if request_filter is not None and forward:

@@ -33,6 +33,7 @@ with the bytes they came with (see :mod:`.flows`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -43,9 +44,13 @@ from collections.abc import Callable
 
 import attrs
 
+from .._x11.requests import Hidden
+
 
 #: What ``SO_PEERCRED`` fills in: pid, uid, gid (three C ints).
 _UCRED = struct.Struct("3i")
+logger = logging.getLogger("x11passthrough")
+
 #: ``SO_PEERPIDFD`` (Linux 6.5; Python 3.11's socket module does not name it).
 _SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 #: Where the segments of the reader's IPC namespace are listed.
@@ -216,3 +221,24 @@ def grant(  # noqa: PLR0911 - one reason per fact that cannot be established
     if mine != servers:
         return "the relay does not share the X server's IPC namespace"
     return Grant(who)
+
+
+def decide(
+    client: socket.socket, upstream: socket.socket, hidden: Hidden, number: int
+) -> tuple[Hidden, AttachCheck | None]:
+    """
+    Return what connection `number` keeps from its client, and its attach check if granted.
+
+    Granted: MIT-SHM offered, each ``ShmAttach`` checked. Not granted: hidden, with why.
+    """
+    granted = grant(client, upstream)
+    if isinstance(granted, str):
+        return hidden.refusing_shm(granted), None
+    logger.debug(
+        "relay connection #%d: MIT-SHM granted to pid %d (uid %d, gid %d)",
+        number,
+        granted.client.pid,
+        granted.client.uid,
+        granted.client.gid,
+    )
+    return hidden.granting_shm(), granted.check
