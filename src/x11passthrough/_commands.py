@@ -25,7 +25,7 @@ from pathlib import Path
 
 import attrs
 
-from . import _child
+from . import _child, _destination
 from ._args import DockerRunArgs, compose_file, env_lines
 from ._display._locator import DisplayLocator
 from ._display._owner import trusted_uids
@@ -121,6 +121,13 @@ def _main(opts: argparse.Namespace) -> int:
         )
     options = _options(opts, wrapped)
     _check_conflicts(opts, wrapped)
+    if wrapped is not None:
+        # `docker -H ssh://... run`, `podman --remote run`: the engine the command names.
+        for name, value in _destination.command_environ(wrapped.prefix).items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     xvfb = _xvfb(opts) if opts.xvfb else None
     try:
         if xvfb is not None:

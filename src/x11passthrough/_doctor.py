@@ -37,6 +37,7 @@ import attrs
 
 from . import _session
 from ._args import DockerRunArgs
+from ._destination import SshDestination
 from ._display._endpoint import Endpoint
 from ._display._locate import DisplayConnection
 from ._display._owner import owner_uid
@@ -73,6 +74,8 @@ _PROBE_COMMAND = (
     'else echo "the image has neither python3 nor xdpyinfo to probe with" >&2; exit 199; fi'
 )
 _NO_PROBE = 199
+#: How a remote engine's probe container runs the probe: from its environment.
+_PROBE_FROM_ENV = 'python3 -c "$X11PASSTHROUGH_PROBE"'
 
 
 def probe_source() -> str:
@@ -250,6 +253,16 @@ class _Watcher:
         mode = "rootless" if found.rootless else "rootful"
         self.line("ok", "engine", f"{found.description}, {mode}, containers on {where}")
 
+    def remote(self, where: SshDestination) -> None:
+        self.step = "transport"
+        self.told = "podman" if where.source.startswith(("CONTAINER_", "the Podman")) else "auto"
+        self.line(
+            "ok",
+            "engine",
+            f"on another host, {where.shown} ({where.source}={where.url}): containers there "
+            "reach the display through the same SSH",
+        )
+
 
 def _engine_command(told: EngineChoice, found: Engine | None) -> tuple[str, ...]:
     """Return the engine's command for the probe: Podman's when told or found (installed)."""
@@ -306,22 +319,32 @@ def _steps(
         return
     assert passthrough is not None  # noqa: S101 - set by a start that returned
     try:
-        if args.socket is not None:
+        remote = passthrough._remote  # the SSH lend, when the engine is on another host
+        local = remote.local_args if remote is not None else None
+        if remote is not None and local is not None:
+            where = (
+                f"unix over SSH: {args.socket} on {remote.where.shown} (0666 in a 0700 "
+                "directory), forwarded to the relay here"
+            )
+        elif args.socket is not None:
             where = f"unix: {args.socket}, mounted as {args.container_socket}"
         else:
             hosts = ", ".join(f"{n}:{a}" for n, a in args.extra_hosts.items())
             where = "tcp" + (f" (with --add-host {hosts})" if hosts else "")
         report.line("ok", "transport", f"{where}; the container gets DISPLAY={args.display}")
         endpoint = _container_endpoint(relay_endpoints(passthrough))
-        if _relay_step(report, args, endpoint):
-            _server_step(report, args, endpoint)
+        here = local or args  # the session's files on this host
+        if _relay_step(report, here, endpoint):
+            _server_step(report, here, endpoint)
         if probe.image is not None and not report.failed:
             command = (
                 (*probe.command,)
                 if probe.command
                 else _engine_command(watcher.told, watcher.found)
             )
-            _probe_step(report, args, probe.image, command, probe.options)
+            _probe_step(
+                report, args, probe.image, command, probe.options, remote=local is not None
+            )
     finally:
         passthrough.close()
 
@@ -425,6 +448,8 @@ def _probe_step(
     image: str,
     engine_command: Sequence[str],
     engine_options: Sequence[str] = (),
+    *,
+    remote: bool = False,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="x11passthrough-probe-") as tmp:
         probe = Path(tmp) / "probe.py"
@@ -432,8 +457,13 @@ def _probe_step(
         probe.chmod(0o644)
         Path(tmp).chmod(0o755)
         argv = [*engine_command, "run", "--rm", *engine_options, *args]
-        argv += ["--volume", f"{probe}:{_PROBE_PATH}:ro", image]
-        argv += ["sh", "-c", _PROBE_COMMAND]
+        if remote:
+            # No file of this host reaches a remote engine: the probe goes in the environment.
+            argv += ["--env", f"X11PASSTHROUGH_PROBE={probe_source()}", image]
+            argv += ["sh", "-c", _PROBE_COMMAND.replace(f"python3 {_PROBE_PATH}", _PROBE_FROM_ENV)]
+        else:
+            argv += ["--volume", f"{probe}:{_PROBE_PATH}:ro", image]
+            argv += ["sh", "-c", _PROBE_COMMAND]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
         except FileNotFoundError:

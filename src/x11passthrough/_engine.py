@@ -311,3 +311,229 @@ def detect(
         logger.debug("engine at %s: %s", path, engine.description)
         return engine
     return None
+
+
+# -- where the engine is: this host, a VM, or another host ------------------------------------
+#
+# Read the way the engines' own clients read it. Docker: ``DOCKER_HOST`` overrides the context;
+# the context is ``DOCKER_CONTEXT``, else ``currentContext`` of ``$DOCKER_CONFIG/config.json``
+# (default ``~/.docker``), its endpoint ``Endpoints.docker.Host`` of
+# ``contexts/meta/<sha256 of the name>/meta.json``. Podman is local unless told otherwise:
+# ``CONTAINER_HOST`` (a URL), ``CONTAINER_CONNECTION`` or ``--connection`` (a named
+# connection), ``--remote`` (the default connection); connections live in
+# ``podman-connections.json`` (Podman 5) or ``[engine.service_destinations.NAME]`` of
+# containers.conf (Podman 4, whose ``[engine] active_service`` names the default).
+
+#: How an engine is reached: ``"local"`` (a UNIX socket of this host: Docker Engine, Podman,
+#: or a VM's socket forwarded here), ``"ssh"`` (``ssh://``: another host, through OpenSSH),
+#: ``"tcp"`` (``tcp://`` to another host, TLS or not), ``"tcp-local"`` (``tcp://`` to this host).
+EngineReach = Literal["local", "ssh", "tcp", "tcp-local"]
+
+
+@attrs.frozen(kw_only=True)
+class EngineAddress:
+    """
+    Where the containers' engine is, as its client was told.
+
+    Attributes:
+        url: The engine's URL (``ssh://user@host:port``, ``tcp://host:2376``, ``unix:///...``).
+        source: Who said so, for messages (``DOCKER_HOST``, ``the Docker context 'ci'``).
+        identity: The key file a Podman connection names, or None.
+    """
+
+    url: str
+    source: str
+    identity: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        """The URL's scheme, in lower case (``ssh``, ``tcp``, ``unix``)."""
+        return self.url.partition("://")[0].lower() if "://" in self.url else ""
+
+    @property
+    def reach(self) -> EngineReach:
+        """How the engine is reached (see :data:`EngineReach`)."""
+        if self.scheme == "ssh":
+            return "ssh"
+        if self.scheme in ("tcp", "http", "https"):
+            return "tcp-local" if _is_this_host(_url_host(self.url)) else "tcp"
+        return "local"
+
+
+def _url_host(url: str) -> str:
+    """Return the host part of ``scheme://[user@]host[:port][/path]`` (IPv6 unbracketed)."""
+    rest = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+    if rest.startswith("["):
+        return rest[1:].partition("]")[0]
+    return rest.rpartition(":")[0] if rest.count(":") == 1 else rest
+
+
+def _is_this_host(host: str) -> bool:
+    """Whether `host` names this host: loopback, ``localhost``, or one of its addresses."""
+    if host in ("", "localhost") or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == socket.gethostname()
+    if address.is_loopback or address.is_unspecified:
+        return True
+    try:
+        with socket.socket(address_family(address), socket.SOCK_DGRAM) as probe:
+            probe.bind((str(address), 0))
+    except OSError:
+        return False
+    return True
+
+
+def address_family(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> socket.AddressFamily:
+    """Return the socket family of `address`."""
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
+def current_context(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """Return the name and ``Host`` of the current Docker context; None for ``default``."""
+    env = os.environ if environ is None else environ
+    host = context_host(env)
+    if host is None:
+        return None
+    name = env.get("DOCKER_CONTEXT")
+    if name is None:
+        config_dir = Path(env.get("DOCKER_CONFIG") or Path(env.get("HOME", "/")) / ".docker")
+        try:
+            name = json.loads((config_dir / "config.json").read_text()).get("currentContext")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    return str(name), host
+
+
+def docker_address(environ: Mapping[str, str] | None = None) -> EngineAddress | None:
+    """Return where Docker's client sends its requests; None for its default local socket."""
+    env = os.environ if environ is None else environ
+    host = env.get("DOCKER_HOST")
+    if host:
+        return EngineAddress(url=host, source="DOCKER_HOST")
+    found = current_context(env)
+    if found is None:
+        return None
+    name, host = found
+    return EngineAddress(url=host, source=f"the Docker context {name!r}")
+
+
+def podman_address(
+    environ: Mapping[str, str] | None = None,
+    *,
+    remote: bool = False,
+    connection: str | None = None,
+    url: str | None = None,
+) -> EngineAddress | None:
+    """
+    Return where Podman's client sends its requests; None when it runs containers here.
+
+    Args:
+        environ: The environment (``CONTAINER_HOST``, ``CONTAINER_CONNECTION``,
+            ``XDG_CONFIG_HOME``, ``HOME``, ``CONTAINERS_CONF``).
+        remote: ``podman --remote`` (the default connection unless one is named).
+        connection: ``podman --connection NAME``.
+        url: ``podman --url URL``.
+    """
+    env = os.environ if environ is None else environ
+    if url:
+        return EngineAddress(url=url, source="podman --url")
+    if connection is None and env.get("CONTAINER_HOST"):
+        return EngineAddress(
+            url=env["CONTAINER_HOST"],
+            source="CONTAINER_HOST",
+            identity=env.get("CONTAINER_SSHKEY") or None,
+        )
+    name = connection or env.get("CONTAINER_CONNECTION")
+    if name is None and not remote:
+        return None
+    default, connections = podman_connections(env)
+    name = name or default
+    if name is None or name not in connections:
+        return None
+    uri, identity = connections[name]
+    return EngineAddress(
+        url=uri, source=f"the Podman connection {name!r}", identity=identity or None
+    )
+
+
+_TOML_STRING = re.compile(r'^\s*([A-Za-z_]+)\s*=\s*"([^"]*)"', re.MULTILINE)
+
+
+def podman_connections(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str | None, dict[str, tuple[str, str]]]:
+    """
+    Return Podman's default connection and every connection's ``(uri, identity)``.
+
+    Read from ``podman-connections.json`` (Podman 5), and containers.conf files (Podman 4: the
+    system files, the user's, and the file ``CONTAINERS_CONF`` names); the JSON file wins.
+    """
+    env = os.environ if environ is None else environ
+    config = Path(env.get("XDG_CONFIG_HOME") or Path(env.get("HOME", "/")) / ".config")
+    files = [*_CONTAINERS_CONF_FILES, str(config / "containers" / "containers.conf")]
+    if env.get("CONTAINERS_CONF"):
+        files.append(env["CONTAINERS_CONF"])
+    default, found = None, {}
+    for path in files:
+        conf_default, conf_found = _conf_connections(path)
+        default = conf_default or default
+        found.update(conf_found)
+    json_default, json_found = _json_connections(config / "containers" / "podman-connections.json")
+    found.update(json_found)
+    return json_default or default, {n: v for n, v in found.items() if v[0]}
+
+
+def _json_connections(path: Path) -> tuple[str | None, dict[str, tuple[str, str]]]:
+    """Read Podman 5's ``podman-connections.json``."""
+    found: dict[str, tuple[str, str]] = {}
+    try:
+        section = json.loads(path.read_text()).get("Connection") or {}
+        for name, value in (section.get("Connections") or {}).items():
+            if isinstance(value, dict) and isinstance(value.get("URI"), str):
+                found[str(name)] = (value["URI"], str(value.get("Identity") or ""))
+        default = section.get("Default")
+    except (OSError, ValueError, AttributeError):
+        return None, found
+    return (default if isinstance(default, str) and default else None), found
+
+
+def _conf_connections(path: str) -> tuple[str | None, dict[str, tuple[str, str]]]:
+    """Read ``active_service`` and ``[engine.service_destinations.NAME]`` of a containers.conf."""
+    found: dict[str, tuple[str, str]] = {}
+    default: str | None = None
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return default, found
+    sections = [(m.start(), m.group(1).strip()) for m in _SECTION.finditer(text)]
+    prefix = "engine.service_destinations."
+    for match in _TOML_STRING.finditer(text):
+        table = ""
+        for start, table_name in sections:
+            if start < match.start():
+                table = table_name
+        key, value = match.group(1), match.group(2)
+        if table == "engine" and key == "active_service":
+            default = value
+        elif table.startswith(prefix) and key in ("uri", "identity"):
+            name = table.removeprefix(prefix).strip('"')
+            uri, identity = found.get(name, ("", ""))
+            found[name] = (value, identity) if key == "uri" else (uri, value)
+    return default, found
+
+
+def engine_address(
+    hint: EngineKind | None = None, *, environ: Mapping[str, str] | None = None
+) -> EngineAddress | None:
+    """
+    Return where the containers' engine is, for the engine `hint` names; None when local.
+
+    ``podman`` reads Podman's settings (``CONTAINER_HOST``, ``CONTAINER_CONNECTION``),
+    anything else Docker's (``DOCKER_HOST``, the current context).
+    """
+    if hint == "podman":
+        return podman_address(environ)
+    return docker_address(environ)

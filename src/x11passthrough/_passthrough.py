@@ -26,6 +26,7 @@ from typing import Literal, Protocol
 
 import attrs
 
+from . import _destination, _remote
 from ._args import DEFAULT_CONTAINER_XAUTHORITY, DockerRunArgs
 from ._cleanup import Cleanup
 from ._display._endpoint import Endpoint
@@ -36,7 +37,7 @@ from ._display._reserve import DEFAULT_DISPLAY_RANGE
 from ._engine import Engine
 from ._lending import lend
 from ._options import AuthMode, EngineChoice, Options, Transport
-from ._plan import engine_as_told, plan
+from ._plan import Plan, engine_as_told, plan
 from ._policy import policy
 from ._relay.options import Listener, RelayOptions
 from ._relay.stats import RelayStats
@@ -74,6 +75,9 @@ class Watcher(Protocol):
     def engine(self, found: Engine | None, told: EngineChoice) -> None:
         """Take note of the engine the plan follows (asked even where the plan needs none)."""
 
+    def remote(self, where: _destination.SshDestination) -> None:
+        """Take note: the engine is on another host, reached over SSH (`where`)."""
+
 
 def start_watched(passthrough: X11Passthrough, watcher: Watcher) -> DockerRunArgs:
     """Start `passthrough` as :meth:`X11Passthrough.start` does, telling `watcher` each step."""
@@ -98,7 +102,10 @@ class X11Passthrough:
     Where the engine shares this host's kernel (Docker Engine, rootful or rootless; Podman;
     nerdctl) the relay listens on a socket bind-mounted into the container (``DISPLAY=:M``, no
     network needed); for engines in a VM (Docker Desktop and the like) on TCP 6000+M of the
-    host's loopback (``DISPLAY=tcp/host.docker.internal:M``).
+    host's loopback (``DISPLAY=tcp/host.docker.internal:M``). For an engine on another host
+    reached through OpenSSH (``DOCKER_HOST=ssh://...``, a Docker context, Podman's
+    ``CONTAINER_HOST``) the relay's socket is forwarded to that host over one SSH connection,
+    and the arguments name the remote paths.
 
     ::
 
@@ -221,6 +228,7 @@ class X11Passthrough:
         self._relay: RelayThread | None = None
         self._last_stats = RelayStats()
         self._untrusted: UntrustedCookie | None = None
+        self._remote: _remote.RemoteDisplay | None = None
         self._endpoints: tuple[Endpoint, ...] = ()
 
     def __repr__(self) -> str:
@@ -270,6 +278,8 @@ class X11Passthrough:
             NoFreeDisplayError: No display number in `display_range` is free.
             BindError: The relay cannot listen on the bind address.
             SecurityExtensionError: ``auth="untrusted"`` and the server cannot issue a cookie.
+            RemoteEngineError: The engine is on another host and reached over TCP, or ssh to
+                it failed, or its SSH server forbids forwarding a UNIX socket.
         """
         return self._start(None)
 
@@ -402,13 +412,27 @@ class X11Passthrough:
         found = None
         if watcher is not None:
             watcher.proved(upstream, host.authority)
-            found = engine_as_told(opts.engine)
-            watcher.engine(found, opts.engine)
-        chosen = plan(opts, found)
+        # An engine on another host (ssh://): the UNIX transport here, lent over SSH below.
+        remote = _destination.destination(
+            opts.engine, "tcp" if opts.bind is not None else opts.transport
+        )
+        if remote is not None:
+            if watcher is not None:
+                watcher.remote(remote)
+            chosen = Plan(transport="unix", engine=None, host_dir=opts.host_dir)
+        else:
+            if watcher is not None:
+                found = engine_as_told(opts.engine)
+                watcher.engine(found, opts.engine)
+            chosen = plan(opts, found)
         if opts.shm is True:
-            _check_shm(chosen.transport, opts.auth)
+            _check_shm(chosen.transport, opts.auth, remote=remote is not None)
         gates = policy(opts, chosen, upstream, display=connection.name)
         lent = lend(chosen, gates, opts, self._locator._places(abstract=True), cleanup)
+        if remote is not None:
+            lent, self._remote = _remote.lend_remote(
+                lent, remote, private_file=opts.auth == "forward", cleanup=cleanup
+            )
         logger.info(
             "passthrough %s -> %s on %s (auth %s)",
             lent.args.display,
@@ -424,7 +448,9 @@ class X11Passthrough:
             allow=gates.allow,
             refresh_allow=gates.refresh_allow,
             hidden=upstream.hidden,
-            shm=opts.shm is not False,
+            # Behind an SSH forward every client's peer is the local ssh process, which
+            # shares this host's IPC namespace: the remote containers never do.
+            shm=opts.shm is not False and remote is None,
         )
         return _Assembled(
             endpoint=upstream.endpoint,
@@ -436,8 +462,16 @@ class X11Passthrough:
         )
 
 
-def _check_shm(transport: str, auth: AuthMode) -> None:
+def _check_shm(transport: str, auth: AuthMode, *, remote: bool) -> None:
     """Raise if ``shm=True`` cannot give shared memory (it would only add ``--ipc host``)."""
+    if remote:
+        raise ConfigurationError(
+            Mention("shm", True),
+            " with an engine on another host: its containers cannot share this host's memory",
+            option="shm",
+            value=True,
+            hint=("leave shm out",),
+        )
     if transport != "unix":
         raise ConfigurationError(
             Mention("shm", True),

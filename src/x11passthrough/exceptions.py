@@ -32,6 +32,7 @@ __all__ = [
     "Mention",
     "NoFreeDisplayError",
     "RelayError",
+    "RemoteEngineError",
     "SecurityExtensionError",
     "X11PassthroughError",
     "X11SetupError",
@@ -234,3 +235,17 @@ class SecurityExtensionError(X11PassthroughError, RuntimeError):
 
 class XvfbError(X11PassthroughError, RuntimeError):
     """A private Xvfb cannot start: the program is missing, exited, or did not answer."""
+
+
+class RemoteEngineError(X11PassthroughError, OSError):
+    """
+    The engine is on another host and its containers cannot get the display.
+
+    Raised when the engine is reached over TCP (``tcp://``: use ``ssh://``), when ``ssh`` to
+    the engine's host fails, or when its SSH server forbids forwarding a UNIX socket. The
+    message quotes ssh and names the server option or what to do.
+    """
+
+    def __str__(self) -> str:
+        """Return the message without OSError's ``[Errno N]`` prefix."""
+        return str(self.strerror) if self.strerror is not None else super().__str__()

@@ -16,6 +16,8 @@ Fixtures:
 - ``docker_gateway`` (session): the host's IPv4 address on Docker's default bridge.
 - ``netns`` (function): a factory of network namespaces joined to the host by veth pairs.
 - ``sshd_x11`` (session): a private sshd with X11 forwarding (:class:`infra.sshd.Sshd`).
+- ``remote_host`` (session): a second host in namespaces with its own Docker engine, reached
+  over SSH (:class:`infra.remote.RemoteHost`), holding the X client test image.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .docker import (
 )
 from .images import build_x11_image, missing_image_tools
 from .network import NetNamespace, create_netns, reap_stale_netns
+from .remote import RemoteHost, remote_host
 from .sshd import SSHD, Sshd, start_sshd
 from .xvfb import XServer, start_xvfb
 
@@ -179,3 +182,19 @@ def _xvfb(xvfb_factory: Callable[..., XServer]) -> XServer:
 def _xvfb_tcp(xvfb_factory: Callable[..., XServer]) -> XServer:
     """A private Xvfb with cookie auth that also listens on TCP 6000+N."""
     return xvfb_factory(tcp=True)
+
+
+@pytest.fixture(scope="session", name="remote_host")
+def _remote_host(tmp_path_factory: pytest.TempPathFactory, x11_image: str) -> Iterator[RemoteHost]:
+    """
+    A second host: its own Docker engine and sshd in network and mount namespaces of their own.
+
+    Reached only over SSH (``remote_host.env()`` gives ``DOCKER_HOST=ssh://root@ADDRESS`` and
+    an ``ssh`` that knows the host); its engine holds the X client test image.
+    """
+    require("root (namespaces, dockerd, sshd)", _is_root(), "run the e2e tests as root")
+    require("sshd", SSHD.exists(), "install openssh-server")
+    require_executables("ssh", "ssh-keygen", "nsenter", "unshare", "dockerd", "ip")
+    reap_stale_netns()
+    with remote_host(tmp_path_factory.mktemp("remote-client"), image=x11_image) as host:
+        yield host
