@@ -33,6 +33,7 @@ __all__ = [
     "NoFreeDisplayError",
     "RelayError",
     "SecurityExtensionError",
+    "ServeError",
     "X11PassthroughError",
     "X11SetupError",
     "XauthorityError",
@@ -234,3 +235,14 @@ class SecurityExtensionError(X11PassthroughError, RuntimeError):
 
 class XvfbError(X11PassthroughError, RuntimeError):
     """A private Xvfb cannot start: the program is missing, exited, or did not answer."""
+
+
+class ServeError(X11PassthroughError, RuntimeError):
+    """
+    A served display cannot be started, reached or changed.
+
+    Its name is served already, its display number is taken, or nothing serves it (the
+    message says which, and what to do).
+
+    .. versionadded:: 0.2.0
+    """

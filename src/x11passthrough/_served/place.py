@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
-from ..exceptions import ConfigurationError, X11PassthroughError
+from ..exceptions import ConfigurationError, ServeError
 
 
 #: The directory mounted as the container's X socket directory.
@@ -55,10 +55,6 @@ CONTAINER_XAUTHORITY = CONTAINER_AUTH_DIR / "Xauthority"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
-class ServeError(X11PassthroughError):
-    """A served display cannot be started, reached or changed (message says why and what to do)."""
-
-
 def check_name(value: object, *, what: str = "name") -> str:
     """
     Return `value` if it is a valid served-display name (or client label).
@@ -68,7 +64,7 @@ def check_name(value: object, *, what: str = "name") -> str:
     """
     if not isinstance(value, str) or _NAME.fullmatch(value) is None:
         raise ConfigurationError(
-            f"{what}={value!r} is not a valid {what}: use 1 to 63 letters, digits, '_', '.' "
+            f"the {what} {value!r} is not valid: use 1 to 63 letters, digits, '_', '.' "
             "or '-', starting with a letter or digit (e.g. 'devbox')"
         )
     return value

@@ -1,0 +1,264 @@
+"""
+Served displays (issue 21) against a real Xvfb and real X clients on the host: a stable name,
+number and paths; one server per name; a killed server's name taken over; the X server
+restarting with a new cookie under a served display; stopping withdraws it; the Python API;
+the systemd user unit's command line (run, with a notify socket, as systemd would).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from x11passthrough import ServedDisplay, served_args
+from x11passthrough.exceptions import ConfigurationError, ServeError
+
+from infra.cli import cli
+from infra.processes import wait_until
+from infra.served import TEST_RANGE, serving
+from infra.xvfb import XServer, client_env, start_xvfb
+
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "examples" / "systemd" / "x11passthrough-serve@.service"
+
+
+def _xdpyinfo(display: str, xauthority: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["xdpyinfo"],
+        env=client_env(display, xauthority),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _works(display: str, xauthority: Path) -> bool:
+    return _xdpyinfo(display, xauthority).returncode == 0
+
+
+@pytest.fixture(name="host_dir")
+def _host_dir(tmp_path: Path) -> Path:
+    return tmp_path / "served"
+
+
+def _number(name: str, host_dir: Path) -> int:
+    """Choose the test's display number before serve does (away from other tests' range)."""
+    return int(served_args(name, host_dir=host_dir, display_range=TEST_RANGE).display[1:])
+
+
+def test_a_served_display_keeps_its_name_number_and_paths(xvfb: XServer, host_dir: Path) -> None:
+    _number("devbox", host_dir)
+    before = served_args("devbox", host_dir=host_dir)
+    assert before.socket_dir == host_dir / "devbox" / "X11-unix"
+    assert [*before][-4:] == [
+        "--volume",
+        f"{host_dir}/devbox/X11-unix:/tmp/.X11-unix:ro",
+        "--volume",
+        f"{host_dir}/devbox/auth:/tmp/.x11passthrough:ro",
+    ]
+    for _ in range(2):  # serve, stop, serve again: the same display, paths and environment
+        with serving("devbox", host_dir, xvfb) as served:
+            served.wait_ready()
+            assert f"as {before.display} under the name 'devbox'" in served.output()
+            assert served_args("devbox", host_dir=host_dir) == before
+            assert before.xauthority is not None
+            result = _xdpyinfo(before.display, before.xauthority)
+            assert result.returncode == 0, result.stderr
+        assert served.process.returncode == 0, served.output()
+    assert stat_mode(host_dir / "devbox") == 0o700
+    assert stat_mode(before.socket_dir) == 0o755
+
+
+def stat_mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o7777
+
+
+def test_a_second_serve_of_a_name_refuses_and_a_killed_ones_is_taken_over(
+    xvfb: XServer, host_dir: Path
+) -> None:
+    _number("box", host_dir)
+    with serving("box", host_dir, xvfb) as first:
+        first.wait_ready()
+        second = cli(
+            "serve", "--name", "box", "--host-dir", str(host_dir), "--display", xvfb.display
+        )
+        assert second.returncode == 2
+        assert (
+            f"the served display 'box' is already being served (process {first.process.pid})"
+            in second.stderr
+        )
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    args = served_args("box", host_dir=host_dir)
+    assert args.xauthority is not None
+    with serving("box", host_dir, xvfb) as third:
+        third.wait_ready()
+        assert _works(args.display, args.xauthority)
+
+
+def test_the_x_server_may_restart_with_a_new_cookie(
+    xvfb_factory: Callable[..., XServer], host_dir: Path, tmp_path: Path
+) -> None:
+    server = xvfb_factory()
+    _number("restarts", host_dir)
+    args = served_args("restarts", host_dir=host_dir)
+    assert args.xauthority is not None
+    with serving("restarts", host_dir, server) as served:
+        served.wait_ready()
+        assert _works(args.display, args.xauthority)
+        container_cookie = args.xauthority.read_bytes()
+        server.stop()
+        gone = _xdpyinfo(args.display, args.xauthority)
+        assert gone.returncode != 0
+        assert "x11passthrough: the X display" in gone.stderr
+        assert "is gone (its X server exited or is restarting)" in gone.stderr
+        # A display manager starts the server again with a new cookie and writes it where the
+        # user's clients (and the served display) read it.
+        cookie = secrets.token_bytes(16)
+        again = start_xvfb(tmp_path / "again", number=server.number, cookie=cookie)
+        try:
+            subprocess.run(
+                ["xauth", "-f", str(server.xauthority), "add", server.display, ".", cookie.hex()],
+                check=True,
+                capture_output=True,
+            )
+            wait_until(
+                lambda: _works(args.display, args.xauthority),  # type: ignore[arg-type]
+                "the served display to serve the restarted X server",
+                timeout=30,
+                interval=0.1,
+            )
+            assert args.xauthority.read_bytes() == container_cookie
+            assert "is back; its cookie was proven again" in served.output()
+        finally:
+            again.stop()
+
+
+def test_a_restarted_x_server_with_a_cookie_not_written_yet_is_refused_clearly(
+    xvfb: XServer, host_dir: Path, tmp_path: Path
+) -> None:
+    with ServedDisplay(
+        "stale", xvfb.display, xvfb.xauthority, host_dir=host_dir, display_range=TEST_RANGE
+    ) as args:
+        assert args.xauthority is not None
+        number = xvfb.number
+        xvfb.stop()
+        wait_until(lambda: not _works(args.display, args.xauthority), "the display gone")  # type: ignore[arg-type]
+        again = start_xvfb(tmp_path / "again", number=number, cookie=secrets.token_bytes(16))
+        try:
+            # The authority file still holds the old cookie: the display is back but not
+            # served; clients hear why, and nothing of the new server reaches them.
+            result = _xdpyinfo(args.display, args.xauthority)
+            assert result.returncode != 0
+            assert "x11passthrough:" in result.stderr
+            served = ServedDisplay("stale", xvfb.display, host_dir=host_dir)
+            with pytest.raises(ServeError, match="already being served"):
+                served.start()
+        finally:
+            again.stop()
+
+
+def test_stop_withdraws_the_display_from_every_container(xvfb: XServer, host_dir: Path) -> None:
+    _number("withdrawn", host_dir)
+    args = served_args("withdrawn", host_dir=host_dir)
+    assert args.xauthority is not None
+    with serving("withdrawn", host_dir, xvfb) as served:
+        served.wait_ready()
+        assert _works(args.display, args.xauthority)
+        stopped = cli("serve", "--name", "withdrawn", "--host-dir", str(host_dir), "--stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert served.process.wait(30) == 0
+    assert not args.xauthority.exists()
+    assert not Path(str(args.socket)).exists()
+    assert args.socket_dir.is_dir()  # kept: containers mount it, and the next serve fills it
+    assert not _works(args.display, args.xauthority)
+    again = cli("serve", "--name", "withdrawn", "--host-dir", str(host_dir), "--stop")
+    assert again.returncode == 2
+    assert "the served display 'withdrawn' is not running" in again.stderr
+
+
+def test_mint_list_and_revoke_from_the_command_line(xvfb: XServer, host_dir: Path) -> None:
+    _number("seats", host_dir)
+    with serving("seats", host_dir, xvfb) as served:
+        served.wait_ready()
+        base = ("--name", "seats", "--host-dir", str(host_dir))
+        minted = cli("serve", *base, "--mint", "web")
+        assert minted.returncode == 0, minted.stderr
+        seat = host_dir / "seats" / "clients" / "web"
+        assert f"{seat}/X11-unix:/tmp/.X11-unix:ro" in minted.stdout
+        assert (seat / "auth" / "Xauthority").stat().st_mode & 0o777 == 0o644
+        assert (seat / "X11-unix").is_dir()
+        assert cli("serve", *base, "--list").stdout.split() == ["web"]
+        assert cli("args", *base, "--client", "web").stdout == minted.stdout
+        assert cli("serve", *base, "--revoke", "web").returncode == 0
+        assert cli("serve", *base, "--list").stdout.split() == []
+        assert not (seat / "auth" / "Xauthority").exists()
+        unknown = cli("serve", *base, "--revoke", "web")
+        assert unknown.returncode == 2
+        assert "has no cookie for 'web'; minted: none" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--name", "two words"], "the name 'two words' is not valid"),
+        (["args", "--name", "-x"], "expected one argument"),
+        (["args", "--format", "devcontainer"], "--format devcontainer is for a served display"),
+    ],
+)
+def test_bad_names_are_refused_clearly(argv: list[str], message: str, host_dir: Path) -> None:
+    result = cli(*argv, "--host-dir", str(host_dir))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_python_api_refuses_bad_values() -> None:
+    with pytest.raises(ConfigurationError, match=r"the name '\.\./etc' is not valid"):
+        ServedDisplay("../etc")
+    with pytest.raises(ServeError, match="is not running"):
+        ServedDisplay("idle").mint("web")
+
+
+def test_the_systemd_user_units_command_line(xvfb: XServer, host_dir: Path) -> None:
+    """Run the unit's ExecStart as systemd would: %i expanded, a notify socket, SIGTERM."""
+    text = UNIT.read_text()
+    exec_start = re.search(r"^ExecStart=(.+)$", text, re.MULTILINE)
+    assert exec_start is not None
+    assert re.search(r"^Type=notify$", text, re.MULTILINE)
+    argv = shlex.split(exec_start.group(1).replace("%i", "unit"))
+    assert argv[0] == "x11passthrough"
+    _number("unit", host_dir)
+    bin_dir = Path(sys.executable).parent
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(host_dir.parent / "notify"))
+    notify.settimeout(60)
+    env = {
+        **xvfb.env(),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "NOTIFY_SOCKET": str(host_dir.parent / "notify"),
+    }
+    with (
+        notify,
+        serving(
+            "unit", host_dir, xvfb, argv=[*argv, "--host-dir", str(host_dir)], env=env
+        ) as served,
+    ):
+        assert notify.recv(100) == b"READY=1"
+        served.wait_ready()
+        args = served_args("unit", host_dir=host_dir)
+        assert args.xauthority is not None
+        assert _works(args.display, args.xauthority)
+        assert served.stop(signal.SIGTERM) == 0
