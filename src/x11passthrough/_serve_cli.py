@@ -168,7 +168,7 @@ def _stop(place: Any) -> int:
     import time  # noqa: PLC0415
 
     from ._served import control  # noqa: PLC0415
-    from ._served.place import ServeError  # noqa: PLC0415
+    from .exceptions import ServeError  # noqa: PLC0415
 
     answer = control.request(place.control, place.name, {"op": "stop"})
     deadline = time.monotonic() + STOP_WAIT

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _session
-from .place import ServeError
+from ..exceptions import ServeError
 
 
 logger = logging.getLogger("x11passthrough")

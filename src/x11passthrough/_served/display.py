@@ -48,7 +48,7 @@ from .._x11.gate import LiveCookieGate
 from .._x11.wire import MIT_MAGIC_COOKIE_1
 from .._xauth.authority import default_path
 from .._xauth.format import Family, XauthEntry, dump
-from ..exceptions import DisplayError, NoFreeDisplayError
+from ..exceptions import DisplayError, NoFreeDisplayError, ServeError
 from . import control
 from .live import LiveDisplay
 from .place import (
@@ -57,7 +57,6 @@ from .place import (
     CONTAINER_XAUTHORITY,
     Place,
     Seat,
-    ServeError,
     check_name,
     private_directory,
     replace_file,
