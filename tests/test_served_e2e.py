@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -211,23 +212,41 @@ def test_devcontainers_cli_with_a_served_display(
     config = json.loads(printed.stdout)
     assert config["runArgs"] == ["--hostname=devbox"]
     config["image"] = x11_image
+    # On a fresh machine the mounted directories are made by this, before the container.
+    config["initializeCommand"] = shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "x11passthrough",
+            "args",
+            "--name",
+            "dc",
+            "--host-dir",
+            str(host_dir),
+        ]
+    )
     config["runArgs"] += ["--label", f"{CONTAINER_OWNER_LABEL}={os.getpid()}"]
     workspace = tmp_path / "workspace"
     (workspace / ".devcontainer").mkdir(parents=True)
     (workspace / ".devcontainer" / "devcontainer.json").write_text(json.dumps(config, indent=2))
-    with serving("dc", host_dir, xvfb, "--hostname", "devbox") as served:
-        served.wait_ready()
-        up = subprocess.run(
-            ["devcontainer", "up", "--workspace-folder", str(workspace)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        assert up.returncode == 0, up.stderr
-        outcome = json.loads(up.stdout.strip().splitlines()[-1])
-        assert outcome["outcome"] == "success", up.stdout
-        try:
+    # A fresh machine: the directories do not exist until initializeCommand makes them, and
+    # the container starts before anything serves the name.
+    shutil.rmtree(host_dir / "dc" / "X11-unix")
+    shutil.rmtree(host_dir / "dc" / "auth")
+    up = subprocess.run(
+        ["devcontainer", "up", "--workspace-folder", str(workspace)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert up.returncode == 0, up.stderr
+    outcome = json.loads(up.stdout.strip().splitlines()[-1])
+    assert outcome["outcome"] == "success", up.stdout
+    container = docker_client.containers.get(outcome["containerId"])
+    try:
+        with serving("dc", host_dir, xvfb, "--hostname", "devbox") as served:
+            served.wait_ready()
             draw = subprocess.Popen(
                 [
                     "devcontainer",
@@ -251,8 +270,8 @@ def test_devcontainers_cli_with_a_served_display(
                 assert _pixel(xvfb, 4, 4) == bytes([0x00, 0x00, 0xFF])  # red
             finally:
                 draw.communicate(input="", timeout=60)
-        finally:
-            docker_client.containers.get(outcome["containerId"]).remove(force=True)
+    finally:
+        container.remove(force=True)
 
 
 def test_a_revoked_cookie_cuts_off_one_container_only(
