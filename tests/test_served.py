@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from x11passthrough import ServedDisplay, served_args
 from x11passthrough.exceptions import ConfigurationError, ServeError
+from x11passthrough.served import ServedDisplay, served_args
 
 from infra.cli import cli
 from infra.processes import wait_until

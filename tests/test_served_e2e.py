@@ -25,7 +25,7 @@ import pytest
 
 from docker.models.containers import Container
 
-from x11passthrough import ServedArgs, ServedDisplay, served_args
+from x11passthrough.served import ServedArgs, ServedDisplay, served_args
 
 from infra.ci import require
 from infra.cli import cli

@@ -2,7 +2,7 @@
 ServedDisplay: a display lent under a stable name until stopped, to containers that come and go.
 
 Strictly private: import :class:`ServedDisplay` and :func:`served_args` from
-:mod:`x11passthrough`.
+:mod:`x11passthrough.served`.
 
 ``x11passthrough run`` lends a display for one command; Compose ``up -d``, Dev Containers and
 engine-restarted services outlive any command, and their arguments are written in a file
@@ -209,9 +209,10 @@ class ServedDisplay:
 
     While it serves, containers started with :func:`served_args` (``x11passthrough args
     --name devbox``) reach the display, whenever they were started; a second ServedDisplay of
-    the same name (in any process of this user) raises :class:`ServeError`; a killed one's
-    name is taken over. The X server behind it may restart: clients are refused with a clear
-    reason while it is gone and served again, with the new cookie, once it is back. Closing it
+    the same name (in any process of this user) raises
+    :class:`~x11passthrough.exceptions.ServeError`; a killed one's name is taken over. The X
+    server behind it may restart: clients are refused with a clear reason while it is gone
+    and served again, with the new cookie, once it is back. Closing it
     withdraws the display from every container (the sockets and cookies are removed; the
     directories stay, so the next ``serve`` of that name reaches the same containers).
 
