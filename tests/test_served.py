@@ -95,7 +95,7 @@ def test_a_second_serve_of_a_name_refuses_and_a_killed_ones_is_taken_over(
         second = cli(
             "serve", "--name", "box", "--host-dir", str(host_dir), "--display", xvfb.display
         )
-        assert second.returncode == 2
+        assert second.returncode == 125
         assert (
             f"the served display 'box' is already being served (process {first.process.pid})"
             in second.stderr
@@ -185,7 +185,7 @@ def test_stop_withdraws_the_display_from_every_container(xvfb: XServer, host_dir
     assert args.socket_dir.is_dir()  # kept: containers mount it, and the next serve fills it
     assert not _works(args.display, args.xauthority)
     again = cli("serve", "--name", "withdrawn", "--host-dir", str(host_dir), "--stop")
-    assert again.returncode == 2
+    assert again.returncode == 125
     assert "the served display 'withdrawn' is not running" in again.stderr
 
 
@@ -206,7 +206,7 @@ def test_mint_list_and_revoke_from_the_command_line(xvfb: XServer, host_dir: Pat
         assert cli("serve", *base, "--list").stdout.split() == []
         assert not (seat / "auth" / "Xauthority").exists()
         unknown = cli("serve", *base, "--revoke", "web")
-        assert unknown.returncode == 2
+        assert unknown.returncode == 125
         assert "has no cookie for 'web'; minted: none" in unknown.stderr
 
 
@@ -220,7 +220,7 @@ def test_mint_list_and_revoke_from_the_command_line(xvfb: XServer, host_dir: Pat
 )
 def test_bad_names_are_refused_clearly(argv: list[str], message: str, host_dir: Path) -> None:
     result = cli(*argv, "--host-dir", str(host_dir))
-    assert result.returncode == 2
+    assert result.returncode == 125
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -198,7 +198,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     _serve_cli.name_option(args, required=False)
     args.add_argument("--client", metavar="LABEL", help="with --name: LABEL's own seat")
-    _serve_cli.add_serve(sub, lambda p: _common(p, suppress=True))
     doctor = sub.add_parser(
         "doctor",
         help="check every step a container's display depends on",
@@ -213,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="-- OPTIONS",
         help="options for the probe's 'ENGINE run' (e.g. -- --runtime runsc)",
     )
+    _serve_cli.add_serve(sub, lambda p: _common(p, suppress=True))
     return parser
 
 

@@ -14,7 +14,7 @@ quick); :func:`execute` runs once the command line is read.
     x11passthrough serve --name devbox --stop
 
 Exit status: 0 when ``serve`` was stopped (SIGTERM, SIGINT, SIGHUP or ``--stop``) or a request
-succeeded; 2 for our errors.
+succeeded; 125 for our errors (as for the other commands).
 """
 
 from __future__ import annotations
