@@ -41,7 +41,7 @@ from ..exceptions import DisplayError
 logger = logging.getLogger("x11passthrough")
 
 #: Seconds between two attempts to reach a display that went away.
-RETRY = 0.25
+RETRY = 0.1
 
 
 class LiveDisplay:
