@@ -262,3 +262,19 @@ def test_the_systemd_user_units_command_line(xvfb: XServer, host_dir: Path) -> N
         assert args.xauthority is not None
         assert _works(args.display, args.xauthority)
         assert served.stop(signal.SIGTERM) == 0
+
+
+def test_a_taken_display_number_is_named_with_the_way_out(xvfb: XServer, host_dir: Path) -> None:
+    number = _number("taken", host_dir)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as squatter:
+        squatter.bind(f"\0/tmp/.X11-unix/X{number}")
+        squatter.listen(1)
+        served = ServedDisplay("taken", xvfb.display, xvfb.xauthority, host_dir=host_dir)
+        with pytest.raises(ServeError) as caught:
+            served.start()
+    message = str(caught.value)
+    assert f"display :{number}, the number of the served display 'taken', is taken" in message
+    assert f"remove {host_dir / 'taken' / 'state.json'} to choose another number" in message
+    # Nothing is left held: the name serves once the number is free.
+    with ServedDisplay("taken", xvfb.display, xvfb.xauthority, host_dir=host_dir) as args:
+        assert args.display == f":{number}"

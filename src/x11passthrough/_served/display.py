@@ -44,7 +44,7 @@ from .._args import DockerRunArgs
 from .._cleanup import Cleanup
 from .._display._locator import DisplayLocator
 from .._display._name import DisplayName
-from .._display._reserve import DEFAULT_DISPLAY_RANGE, Reservation, reserve
+from .._display._reserve import DEFAULT_DISPLAY_RANGE, Reservation, held_by_server, reserve
 from .._relay.options import Listener, RelayOptions
 from .._relay.thread import RelayThread
 from .._upstream import HostSide
@@ -52,7 +52,7 @@ from .._x11.gate import LiveCookieGate
 from .._x11.wire import MIT_MAGIC_COOKIE_1
 from .._xauth.authority import default_path
 from .._xauth.format import Family, XauthEntry, dump
-from ..exceptions import DisplayError, NoFreeDisplayError, ServeError
+from ..exceptions import DisplayError, NoFreeDisplayError, ServeError, X11PassthroughError
 from . import control
 from .live import LiveDisplay
 from .place import (
@@ -391,12 +391,12 @@ class ServedDisplay:
         places = self._locator._places(abstract=True)
         try:
             reservation = reserve([number], (), places, abstract=True)
-        except NoFreeDisplayError as e:
+        except NoFreeDisplayError:
+            why = held_by_server(number, places) or f"@{places.socket_path(number)} is in use"
             raise ServeError(
                 f"display :{number}, the number of the served display {self.name!r}, is taken "
-                f"on this host ({str(e).split(': ', 2)[-1].split(';')[0]}); stop what uses it, "
-                f"or remove {place.state_path} to choose another number (then write the "
-                "containers' arguments again)"
+                f"on this host ({why}); stop what uses it, or remove {place.state_path} to "
+                "choose another number (then write the containers' arguments again)"
             ) from None
         cleanup.add("releasing the display number", reservation.close)
         live = LiveDisplay(
@@ -417,8 +417,10 @@ class ServedDisplay:
         self._open_seat(place.seat(None, number), extra=reservation.sockets)
         labels = state.get("clients", [])
         for label in labels if isinstance(labels, list) else []:
-            with contextlib.suppress(Exception):  # a label edited by hand: skip it
+            try:
                 self._open_seat(place.seat(check_name(label, what="label"), number))
+            except X11PassthroughError as e:  # e.g. a label edited by hand: serve the others
+                logger.warning("served display %r: seat %r not restored: %s", self.name, label, e)
         server = control.ControlServer(place.control, self._control)
         cleanup.add("closing the control socket", server.close)
         logger.info(
