@@ -27,6 +27,7 @@ from x11passthrough.served import ServedDisplay, served_args
 from infra.cli import cli
 from infra.processes import wait_until
 from infra.served import TEST_RANGE, serving
+from infra.users import free_display
 from infra.xvfb import XServer, client_env, start_xvfb
 
 
@@ -111,7 +112,9 @@ def test_a_second_serve_of_a_name_refuses_and_a_killed_ones_is_taken_over(
 def test_the_x_server_may_restart_with_a_new_cookie(
     xvfb_factory: Callable[..., XServer], host_dir: Path, tmp_path: Path
 ) -> None:
-    server = xvfb_factory()
+    # A number of its own, far from the ones other X servers on the machine pick for
+    # themselves: the restart below must find it still free.
+    server = xvfb_factory(number=free_display(950))
     _number("restarts", host_dir)
     args = served_args("restarts", host_dir=host_dir)
     assert args.xauthority is not None
@@ -134,12 +137,16 @@ def test_the_x_server_may_restart_with_a_new_cookie(
                 check=True,
                 capture_output=True,
             )
-            wait_until(
-                lambda: _works(args.display, args.xauthority),  # type: ignore[arg-type]
-                "the served display to serve the restarted X server",
-                timeout=30,
-                interval=0.1,
-            )
+            try:
+                wait_until(
+                    lambda: _works(args.display, args.xauthority),  # type: ignore[arg-type]
+                    "the served display to serve the restarted X server",
+                    timeout=60,
+                    interval=0.1,
+                )
+            except AssertionError as e:
+                last = _xdpyinfo(args.display, args.xauthority).stderr
+                raise AssertionError(f"{e}\nclient: {last}\nserve: {served.output()}") from e
             assert args.xauthority.read_bytes() == container_cookie
             assert "is back; its cookie was proven again" in served.output()
         finally:
@@ -147,8 +154,9 @@ def test_the_x_server_may_restart_with_a_new_cookie(
 
 
 def test_a_restarted_x_server_with_a_cookie_not_written_yet_is_refused_clearly(
-    xvfb: XServer, host_dir: Path, tmp_path: Path
+    xvfb_factory: Callable[..., XServer], host_dir: Path, tmp_path: Path
 ) -> None:
+    xvfb = xvfb_factory(number=free_display(1000))
     with ServedDisplay(
         "stale", xvfb.display, xvfb.xauthority, host_dir=host_dir, display_range=TEST_RANGE
     ) as args:
@@ -278,3 +286,27 @@ def test_a_taken_display_number_is_named_with_the_way_out(xvfb: XServer, host_di
     # Nothing is left held: the name serves once the number is free.
     with ServedDisplay("taken", xvfb.display, xvfb.xauthority, host_dir=host_dir) as args:
         assert args.display == f":{number}"
+
+
+def test_a_minted_seat_stays_across_restarts_of_serve_with_a_new_cookie(
+    xvfb: XServer, host_dir: Path
+) -> None:
+    _number("kept", host_dir)
+    with ServedDisplay("kept", xvfb.display, xvfb.xauthority, host_dir=host_dir) as shared:
+        served = ServedDisplay("kept", host_dir=host_dir)
+        with pytest.raises(ServeError, match="is not running"):
+            served.mint("web")
+    display = ServedDisplay("kept", xvfb.display, xvfb.xauthority, host_dir=host_dir)
+    with display:
+        web = display.mint("web")
+        assert web.xauthority is not None
+        cookie = web.xauthority.read_bytes()
+        assert display.mint("web") == web  # minting again gives the same seat
+    assert not web.xauthority.exists()
+    with display:
+        assert display.clients == ("web",)
+        assert web.xauthority.read_bytes() != cookie
+        assert display.args == shared
+        display.revoke("web")
+    with display:
+        assert not display.clients

@@ -170,6 +170,10 @@ def test_compose_up_d_with_a_served_display(
         first = xdpyinfo()
         assert first.returncode == 0, first.stderr
         assert "vendor string:    The X.Org Foundation" in first.stdout
+        # A container cannot replace the socket the others connect to, nor plant files.
+        planted = compose("exec", "-T", "app", "sh", "-c", "rm -f /tmp/.X11-unix/X*")
+        assert "Read-only file system" in planted.stderr
+        assert compose("exec", "-T", "app", "touch", "/tmp/.x11passthrough/x").returncode != 0
         assert compose("restart", "-t", "1", "app").returncode == 0
         assert xdpyinfo().returncode == 0
         assert compose("stop", "-t", "1", "app").returncode == 0
