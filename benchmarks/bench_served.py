@@ -31,7 +31,7 @@ import time
 
 from pathlib import Path
 
-from _host import free_display
+from _harness import free_display
 from Xlib import display as xdisplay
 from Xlib import error as xerror
 
@@ -141,8 +141,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     opts = parser.parse_args()
     number = free_display(set())
-    if number is None:
-        raise SystemExit("no free display number")
     workdir = Path(tempfile.mkdtemp(prefix="bench-served-"))
     auth = workdir / "xauth"
     xvfb = start_xvfb(number, auth, secrets.token_bytes(16))
