@@ -310,3 +310,24 @@ def test_a_minted_seat_stays_across_restarts_of_serve_with_a_new_cookie(
         display.revoke("web")
     with display:
         assert not display.clients
+
+
+def test_a_served_display_admits_no_client_without_its_cookie(
+    xvfb: XServer, host_dir: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.xauth"
+    empty.touch()
+    with ServedDisplay(
+        "strict", xvfb.display, xvfb.xauthority, host_dir=host_dir, display_range=TEST_RANGE
+    ) as args:
+        anonymous = _xdpyinfo(args.display, empty)
+        assert anonymous.returncode != 0
+        assert "x11passthrough: no authorization" in anonymous.stderr
+        other = tmp_path / "other.xauth"
+        subprocess.run(
+            ["xauth", "-f", str(other), "add", args.display, ".", secrets.token_hex(16)],
+            check=True,
+            capture_output=True,
+        )
+        wrong = _xdpyinfo(args.display, other)
+        assert "x11passthrough: wrong authorization cookie" in wrong.stderr
