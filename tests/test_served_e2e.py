@@ -27,9 +27,10 @@ from docker.models.containers import Container
 
 from x11passthrough.served import ServedArgs, ServedDisplay, served_args
 
-from infra.ci import require
+from infra.ci import require, require_executables
 from infra.cli import cli
 from infra.docker import CONTAINER_OWNER_LABEL
+from infra.engines import CONTAINERS_CONF, copy_docker_image, podman_name, run_podman
 from infra.processes import wait_until
 from infra.served import TEST_RANGE, serving
 from infra.xvfb import XServer
@@ -329,3 +330,30 @@ def test_a_revoked_cookie_cuts_off_one_container_only(
 def _status(container: object) -> str:
     container.reload()  # type: ignore[attr-defined]
     return str(container.status)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module", name="podman_image")
+def _podman_image(x11_image: str) -> str:
+    require_executables("podman")
+    require("the test containers.conf", CONTAINERS_CONF.is_file(), "run scripts/setup-engines")
+    copy_docker_image(x11_image, rootless=False)
+    return podman_name(x11_image)
+
+
+@pytest.mark.parametrize("user", [(), ("--user", "1000:1000")], ids=str)
+def test_rootful_podman_with_a_served_display(
+    xvfb: XServer, podman_image: str, host_dir: Path, user: tuple[str, ...]
+) -> None:
+    """Podman mounts the directories read-only too; both client libraries find the cookie."""
+    with ServedDisplay(
+        "pod",
+        xvfb.display,
+        xvfb.xauthority,
+        host_dir=host_dir,
+        container_hostname="pod",
+        display_range=TEST_RANGE,
+    ) as args:
+        for client, expected in (("xdpyinfo", "X.Org"), ("xlib-probe", "screen 1024x768")):
+            result = run_podman(["run", "--rm", *user, *args, podman_image, client], check=False)
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert expected in result.stdout
