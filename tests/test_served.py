@@ -331,3 +331,16 @@ def test_a_served_display_admits_no_client_without_its_cookie(
         )
         wrong = _xdpyinfo(args.display, other)
         assert "x11passthrough: wrong authorization cookie" in wrong.stderr
+
+
+def test_an_unusable_host_dir_is_named_with_the_option(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.touch()
+    result = cli("args", "--name", "x", "--host-dir", str(blocker / "below"))
+    assert result.returncode == 125
+    assert result.stderr == (
+        f"x11passthrough: error: cannot create {blocker / 'below'}: Not a directory; pass "
+        "--host-dir ... pointing to a writable directory\n"
+    )
+    with pytest.raises(ServeError, match=r"pass host_dir=\.\.\. pointing to a writable"):
+        served_args("x", host_dir=blocker / "below")

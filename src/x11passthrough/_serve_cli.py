@@ -92,7 +92,7 @@ def execute(opts: argparse.Namespace) -> int:
     import logging  # noqa: PLC0415 - --help stays quick
     import sys  # noqa: PLC0415
 
-    from ._commands import ERROR_STATUS  # noqa: PLC0415
+    from ._commands import ERROR_STATUS, flag  # noqa: PLC0415
     from .exceptions import X11PassthroughError  # noqa: PLC0415
 
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(opts.verbose, 2)]
@@ -102,7 +102,7 @@ def execute(opts: argparse.Namespace) -> int:
             return _print_args(opts, getattr(opts, "client", None))
         return _serve(opts)
     except X11PassthroughError as e:
-        print(f"{_PROG}: error: {e}", file=sys.stderr)
+        print(f"{_PROG}: error: {e.explain(flag)}", file=sys.stderr)
         return ERROR_STATUS
     except KeyboardInterrupt:
         return 130
@@ -127,7 +127,7 @@ def render(args: ServedArgs, form: str, service: str) -> str:
     import json  # noqa: PLC0415
     import shlex  # noqa: PLC0415
 
-    from ._commands import compose_file, env_lines  # noqa: PLC0415
+    from ._args import compose_file, env_lines  # noqa: PLC0415
 
     if form == "json":
         return json.dumps(args.docker_py(), indent=2)

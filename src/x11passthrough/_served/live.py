@@ -91,7 +91,8 @@ class LiveDisplay:
     def _reach(self) -> tuple[socket.socket, bytes | None, Hidden, Endpoint]:
         connection = self._locator.connect(self._name)
         try:
-            cookie = self._host._real_cookie(connection)
+            entry = self._host._real_cookie(connection)
+            cookie = None if entry is None else entry.data
             hidden = self._host._check(connection, cookie)
         except BaseException:
             connection.close()

@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
-from ..exceptions import ConfigurationError, ServeError
+from ..exceptions import ConfigurationError, Mention, ServeError
 
 
 #: The directory mounted as the container's X socket directory.
@@ -109,14 +109,26 @@ def private_directory(path: Path, *, parents: bool = False, mode: int = 0o700) -
         pass
     except OSError as e:
         raise ServeError(
-            f"cannot create {path}: {e.strerror or e}; pass host_dir=... (--host-dir) "
-            "pointing to a writable directory"
+            f"cannot create {path}: {e.strerror or e}; pass ",
+            Mention("host_dir"),
+            " pointing to a writable directory",
+            option="host_dir",
         ) from e
-    info = os.lstat(path)
+    try:
+        info = os.lstat(path)
+    except OSError as e:
+        raise ServeError(
+            f"cannot create {path}: {e.strerror or e}; pass ",
+            Mention("host_dir"),
+            " pointing to a writable directory",
+            option="host_dir",
+        ) from e
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise ServeError(
-            f"{path} is not a directory of this user (uid {os.geteuid()}); remove it, or pass "
-            "host_dir=... (--host-dir) pointing to a directory of your own"
+            f"{path} is not a directory of this user (uid {os.geteuid()}); remove it, or pass ",
+            Mention("host_dir"),
+            " pointing to a directory of your own",
+            option="host_dir",
         )
     if stat.S_IMODE(info.st_mode) != mode:
         os.chmod(path, mode)
