@@ -19,7 +19,12 @@ import x11passthrough
 
 
 SRC = Path(x11passthrough.__file__).parent
-PUBLIC_MODULES = ("x11passthrough", "x11passthrough.display", "x11passthrough.xauth")
+PUBLIC_MODULES = (
+    "x11passthrough",
+    "x11passthrough.display",
+    "x11passthrough.served",
+    "x11passthrough.xauth",
+)
 
 
 def modules() -> dict[str, Path]:
@@ -96,7 +101,8 @@ def test_the_command_line_parser_imports_nothing_heavy() -> None:
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
-    assert done.stdout.strip() == "['x11passthrough._cli']"
+    # _serve_cli's parser half is argparse only, like _cli.
+    assert done.stdout.strip() == "['x11passthrough._cli', 'x11passthrough._serve_cli']"
 
 
 def test_the_doctor_probe_is_shipped_as_a_module() -> None:

@@ -12,6 +12,7 @@ commands (and the library) are imported once the command line has been read
     x11passthrough run --xvfb -- docker run --rm IMAGE my-gui-test   # no display: a private one
     x11passthrough args --format compose --service app > x11.override.yml
     x11passthrough doctor --image IMAGE
+    x11passthrough serve --name devbox       # lend it until stopped (see _serve_cli)
 
 Exit status: ``run`` passes the container command's own on (128+N when signal N ended it);
 125 for our errors and bad usage, as ``docker run`` does, so that a container's own 2 (a
@@ -26,6 +27,8 @@ import sys
 
 from collections.abc import Sequence
 from typing import Any, NoReturn
+
+from . import _serve_cli
 
 
 _PROG = "x11passthrough"
@@ -193,14 +196,16 @@ def _parser() -> argparse.ArgumentParser:
     _common(args, suppress=True)
     args.add_argument(
         "--format",
-        choices=["cli", "json", "compose", "env"],
+        choices=["cli", "json", "compose", "env", "devcontainer"],
         default="cli",
         help="cli: docker-run options; json: Docker SDK kwargs; compose: an override file; "
-        "env: shell variables",
+        "env: shell variables; devcontainer: devcontainer.json keys (with --name)",
     )
     args.add_argument(
         "--service", default="app", help="the Compose service of --format compose (default: app)"
     )
+    _serve_cli.name_option(args, required=False)
+    args.add_argument("--client", metavar="LABEL", help="with --name: LABEL's own seat")
     doctor = sub.add_parser(
         "doctor",
         help="check every step a container's display depends on",
@@ -215,12 +220,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="-- OPTIONS",
         help="options for the probe's 'ENGINE run' (e.g. -- --runtime runsc)",
     )
+    _serve_cli.add_serve(sub, lambda p: _common(p, suppress=True))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    opts = _parser().parse_args(argv)
+    parser = _parser()
+    opts = parser.parse_args(argv)
+    if opts.command == "args" and opts.format == "devcontainer" and not opts.name:
+        parser.error("--format devcontainer is for a served display: pass --name NAME")
+    if opts.command == "serve" or getattr(opts, "name", None):
+        return _serve_cli.execute(opts)
     from ._commands import execute  # noqa: PLC0415 - after parsing: --help stays quick
 
     return execute(opts)

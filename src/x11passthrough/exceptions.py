@@ -34,6 +34,7 @@ __all__ = [
     "RelayError",
     "RemoteEngineError",
     "SecurityExtensionError",
+    "ServeError",
     "X11PassthroughError",
     "X11SetupError",
     "XauthorityError",
@@ -249,3 +250,14 @@ class RemoteEngineError(X11PassthroughError, OSError):
     def __str__(self) -> str:
         """Return the message without OSError's ``[Errno N]`` prefix."""
         return str(self.strerror) if self.strerror is not None else super().__str__()
+
+
+class ServeError(X11PassthroughError, RuntimeError):
+    """
+    A served display cannot be started, reached or changed.
+
+    Its name is served already, its display number is taken, or nothing serves it (the
+    message says which, and what to do).
+
+    .. versionadded:: 0.2.0
+    """

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hmac
 import logging
 
+from collections.abc import Callable
+
 import attrs
 
 from ..exceptions import X11SetupError
@@ -182,3 +184,50 @@ class CookieGate:
     @staticmethod
     def _reject(reason: str, byte_order: int) -> Reject:
         return Reject(reason, failed_reply(reason, byte_order))
+
+
+@attrs.frozen(kw_only=True)
+class LiveCookieGate:
+    """
+    A served display's setup filter: one container-side cookie, a host cookie that may change.
+
+    A served display outlives the X server behind it: when that server restarts (the user logs
+    out and in, a display manager restarts Xorg or Xwayland) the cookie the relay must present
+    changes, and while it is gone clients must be told so. `present` is asked at each verdict
+    for what to present now, or for the reason to refuse; everything else is a
+    :class:`CookieGate` (same comparisons, same readable "Failed" replies). The container-side
+    cookie never changes: it is the one written in the container's authority file.
+
+    Attributes:
+        expected_data: The cookie this gate's clients must present.
+        present: Returns ``(name, data)`` to present to the X server (``(b"", b"")`` for no
+            authorization), or a reason text to refuse with while the display is gone.
+    """
+
+    expected_data: bytes = attrs.field(repr=hidden)
+    present: Callable[[], tuple[bytes, bytes] | str] = attrs.field(repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        _validate_cookie_pair(
+            MIT_MAGIC_COOKIE_1, self.expected_data, what="expected cookie", required=True
+        )
+
+    def __call__(self, data: bytes) -> Accept | Reject | None:
+        """Judge the client's first bytes, as :meth:`CookieGate.__call__` does."""
+        order = data[0] if data else 0x6C
+        try:
+            if SetupRequest.parse(data) is None:
+                return None
+            now = self.present()
+            if isinstance(now, str):
+                return CookieGate._reject(f"{_REASON_PREFIX}{now}", order)
+            name, cookie = now
+            gate = CookieGate(
+                expected_data=self.expected_data, replacement_name=name, replacement_data=cookie
+            )
+        except X11SetupError as exc:
+            return CookieGate._reject(f"{_REASON_PREFIX}{exc}", order)
+        except Exception:  # the gate must fail closed, never crash the relay
+            logger.exception("unexpected error while checking an X11 setup message")
+            return CookieGate._reject(_INTERNAL, order)
+        return gate(data)
