@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -194,6 +195,24 @@ def test_an_unreachable_ssh_server_is_refused_clearly(
     monkeypatch.setenv("DOCKER_HOST", remote.url(2299))  # nothing listens there
     with pytest.raises(RemoteEngineError, match=r"cannot reach the engine's host .* over SSH"):
         lend(xvfb).start()
+
+
+def test_no_shared_memory_through_the_ssh_forward(xvfb: XServer, remote: RemoteHost) -> None:
+    """
+    Behind the forward every client's peer is the local ssh (this host's IPC namespace).
+
+    The relay must not take that for a container sharing the X server's memory: MIT-SHM stays
+    hidden from the remote containers, and ``shm=True`` is refused at start.
+    """
+    with pytest.raises(ConfigurationError, match="engine on another host") as info:
+        lend(xvfb, shm=True).start()
+    assert info.value.option == "shm"
+    with lend(xvfb) as args:
+        done = remote_docker_run(remote, args, "xdpyinfo", "-queryExtensions")
+    assert done.returncode == 0, done.stderr
+    # xdpyinfo prints the opcode QueryExtension gave: 0 for an extension reported absent.
+    assert re.search(r"BIG-REQUESTS\s+\(opcode: [1-9]", done.stdout), done.stdout
+    assert re.search(r"MIT-SHM\s+\(opcode: 0\)", done.stdout), done.stdout
 
 
 def test_transport_tcp_is_refused_for_a_remote_engine(xvfb: XServer, remote: RemoteHost) -> None:
