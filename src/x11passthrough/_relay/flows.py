@@ -399,8 +399,7 @@ class BodySpliceFlow(CopyFlow):
     ) -> None:
         super().__init__(owner, path, loop, src, dst, up=up, request_filter=request_filter)
         self._pipe_r, self._pipe_w = pipe
-        path.descriptors.pipe_opened()
-        self._capacity = min(fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ), self._high)
+        self._capacity = _adopt_pipe(path, pipe, self._high)
         #: Bytes of the current request's body still to splice from `src`.
         self._body = 0
         #: Bytes in the pipe, not yet taken by `dst`.
@@ -483,10 +482,8 @@ class BodySpliceFlow(CopyFlow):
         super().detach()
         self._in_pipe = self._body = 0
         if self._pipe_r >= 0:
-            os.close(self._pipe_r)
-            os.close(self._pipe_w)
+            _release_pipe(self._path, (self._pipe_r, self._pipe_w))
             self._pipe_r = self._pipe_w = -1
-            self._path.descriptors.pipe_closed()
 
 
 class SpliceFlow(Flow):
@@ -507,9 +504,7 @@ class SpliceFlow(Flow):
     ) -> None:
         super().__init__(owner, path, loop, src, dst, up=up)
         self._pipe_r, self._pipe_w = pipe
-        path.descriptors.pipe_opened()
-        capacity = fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ)
-        self._capacity = min(capacity, self._high)
+        self._capacity = _adopt_pipe(path, pipe, self._high)
 
     def _on_readable(self) -> None:
         pending = self.pending
@@ -570,7 +565,18 @@ class SpliceFlow(Flow):
     def detach(self) -> None:
         super().detach()
         if self._pipe_r >= 0:
-            os.close(self._pipe_r)
-            os.close(self._pipe_w)
+            _release_pipe(self._path, (self._pipe_r, self._pipe_w))
             self._pipe_r = self._pipe_w = -1
-            self._path.descriptors.pipe_closed()
+
+
+def _adopt_pipe(path: DataPath, pipe: tuple[int, int], high: int) -> int:
+    """Count a flow's splice `pipe` in the relay's ledger; return how much the flow may fill."""
+    path.descriptors.pipe_opened()
+    return min(fcntl.fcntl(pipe[1], fcntl.F_GETPIPE_SZ), high)
+
+
+def _release_pipe(path: DataPath, pipe: tuple[int, int]) -> None:
+    """Close a flow's splice `pipe` and take it off the relay's ledger."""
+    for fd in pipe:
+        os.close(fd)
+    path.descriptors.pipe_closed()
