@@ -83,11 +83,13 @@ from pathlib import Path
 
 from ._session_base import (
     DIRECTORY_FLAGS,
+    ELSEWHERE,
     HOST_DIR,
     NEW_FILE_FLAGS,
     ONLY_YOURS,
     WRITABLE,
     Directory,
+    cannot_create,
     check_made,
     default_base,
     open_base,
@@ -173,7 +175,7 @@ class Session(Directory):
                 f"cannot create a private directory in {base.path}: {_NAME_ATTEMPTS} random "
                 "names were all taken",
                 option="host_dir",
-                hint=("pass ", HOST_DIR, " pointing to another directory"),
+                hint=ELSEWHERE,
             )
         path = base.path / name
         try:
@@ -238,11 +240,7 @@ def _take_lock(fd: int, path: Path) -> int:
     try:
         lock = os.open(_NEW_LOCK_NAME, NEW_FILE_FLAGS, 0o600, dir_fd=fd)
     except OSError as e:
-        raise X11PassthroughError(
-            f"cannot create {path / LOCK_NAME}: {e.strerror or e}",
-            option="host_dir",
-            hint=("pass ", HOST_DIR, " pointing to another directory"),
-        ) from e
+        raise cannot_create(path / LOCK_NAME, e) from e
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(_NEW_LOCK_NAME, LOCK_NAME, src_dir_fd=fd, dst_dir_fd=fd)

@@ -32,6 +32,14 @@ NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLO
 HOST_DIR = Mention("host_dir")
 WRITABLE = ("pass ", HOST_DIR, " pointing to a writable directory")
 ONLY_YOURS = ("pass ", HOST_DIR, " naming a directory only you can write")
+ELSEWHERE = ("pass ", HOST_DIR, " pointing to another directory")
+
+
+def cannot_create(path: Path, error: OSError) -> X11PassthroughError:
+    """Return the error for a file of the session that cannot be made at `path`."""
+    return X11PassthroughError(
+        f"cannot create {path}: {error.strerror or error}", option="host_dir", hint=ELSEWHERE
+    )
 
 
 class Directory:
@@ -105,11 +113,7 @@ class Directory:
         try:
             fd = os.open(name, NEW_FILE_FLAGS, 0o600, dir_fd=self.fd)
         except OSError as e:
-            raise X11PassthroughError(
-                f"cannot create {path}: {e.strerror or e}",
-                option="host_dir",
-                hint=("pass ", HOST_DIR, " pointing to another directory"),
-            ) from e
+            raise cannot_create(path, e) from e
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -21,7 +21,7 @@ from ._display._endpoint import Endpoint
 from ._display._locate import DisplayConnection
 from ._display._owner import ownership_problem
 from ._x11.extensions import ServerExtensions, learn_extensions
-from ._x11.handshake import CookieKeeper, handshake
+from ._x11.handshake import CookieKeeper, handshake, still_open
 from ._x11.requests import HIDDEN_EXTENSIONS, Hidden
 from ._x11.security import SecurityClient, UntrustedCookie
 from ._x11.wire import MIT_MAGIC_COOKIE_1, SetupStatus
@@ -363,14 +363,9 @@ class ExtensionWatch:
         if sock is None or learned is None:
             return None
         try:
-            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return learned
+            return learned if still_open(sock) else None
         except OSError:
-            data = b""
-        if data:
-            return learned  # the server sent something unasked: still the same server
-        return None
+            return None
 
     def relearn(self) -> Hidden | str:
         """Learn the extensions of the server now at the endpoint; return why not if it fails."""

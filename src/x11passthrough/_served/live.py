@@ -33,6 +33,7 @@ from .._display._locator import DisplayLocator
 from .._display._name import DisplayName
 from .._display._owner import ownership_problem
 from .._upstream import HostSide
+from .._x11.handshake import still_open
 from .._x11.requests import Hidden
 from .._x11.wire import MIT_MAGIC_COOKIE_1
 from ..exceptions import DisplayError
@@ -116,12 +117,9 @@ class LiveDisplay:
         if sock is None or hidden is None:
             return None
         try:
-            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return hidden
+            return hidden if still_open(sock) else None
         except OSError:
             return None
-        return hidden if data else None
 
     def relearn(self) -> Hidden | str:
         """Refuse a client that reached a server other than the one its cookie was for."""

@@ -102,19 +102,10 @@ def private_directory(path: Path, *, parents: bool = False, mode: int = 0o700) -
         ServeError: It cannot be created, or it is someone else's, a link, or open to others.
     """
     try:
-        if parents:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.mkdir(path, mode)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise ServeError(
-            f"cannot create {path}: {e.strerror or e}; pass ",
-            Mention("host_dir"),
-            " pointing to a writable directory",
-            option="host_dir",
-        ) from e
-    try:
+        with contextlib.suppress(FileExistsError):
+            if parents:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.mkdir(path, mode)
         info = os.lstat(path)
     except OSError as e:
         raise ServeError(

@@ -67,6 +67,22 @@ def handshake(
     raise X11SetupError(f"the X server did not answer its setup within {timeout:g} s")
 
 
+def still_open(sock: socket.socket) -> bool:
+    """
+    Tell, in one system call that reads nothing, whether the X server has not closed `sock`.
+
+    Open while nothing is waiting, or while something is (the server sent something unasked:
+    still the same server); closed once the server ended the connection.
+
+    Raises:
+        OSError: The connection failed (e.g. reset).
+    """
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+
+
 class CookieKeeper:
     """
     Hold a connection authenticated with an untrusted cookie, so the server never expires it.
@@ -87,14 +103,10 @@ class CookieKeeper:
         """Return why the cookie can no longer be presented, or None while it can."""
         if self._dead is None:
             try:
-                data = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return None
+                if still_open(self._sock):
+                    return None
             except OSError as e:
-                data = b""
                 self._dead = f"the connection holding the untrusted cookie failed ({e})"
-            if data:
-                return None
             self._dead = self._dead or (
                 "the X server closed the connection holding the untrusted cookie (it was "
                 "revoked or that client was killed), so clients behind the relay would reach "
