@@ -146,12 +146,7 @@ def test_a_dead_display_is_one_line_of_cli_words(xvfb: XServer) -> None:
 
 
 def test_a_wrong_cookie_names_the_file(xvfb: XServer, tmp_path: Path) -> None:
-    wrong = tmp_path / "wrong.xauth"
-    subprocess.run(
-        ["xauth", "-f", str(wrong), "add", xvfb.display, ".", "ab" * 16],
-        check=True,
-        capture_output=True,
-    )
+    wrong = xvfb.authority_file(tmp_path / "wrong.xauth", b"\xab" * 16)
     result = cli(
         "--display", xvfb.display, "--xauthority", str(wrong), "run", "--", "docker", "run", "i"
     )
@@ -294,12 +289,7 @@ def test_doctor_says_what_is_wrong(xvfb: XServer, tmp_path: Path, problem: str) 
     if problem == "dead display":
         args = ["--display", ":4242"]
     elif problem == "wrong cookie":
-        wrong = tmp_path / "wrong.xauth"
-        subprocess.run(
-            ["xauth", "-f", str(wrong), "add", xvfb.display, ".", "cd" * 16],
-            check=True,
-            capture_output=True,
-        )
+        wrong = xvfb.authority_file(tmp_path / "wrong.xauth", b"\xcd" * 16)
         args = ["--display", xvfb.display, "--xauthority", str(wrong)]
     result = cli(*args, "doctor", env=env)
     assert result.returncode == 1
@@ -452,12 +442,7 @@ def test_compose_is_refused_with_the_way_that_works(xvfb: XServer, command: tupl
 
 def test_doctor_lines_fit_a_terminal(xvfb: XServer, tmp_path: Path) -> None:
     """No line of doctor's report is wider than 79 columns (paths aside), passing or failing."""
-    wrong = tmp_path / "wrong.xauth"
-    subprocess.run(
-        ["xauth", "-f", str(wrong), "add", xvfb.display, ".", "cd" * 16],
-        check=True,
-        capture_output=True,
-    )
+    wrong = xvfb.authority_file(tmp_path / "wrong.xauth", b"\xcd" * 16)
     passing = cli(*display_options(xvfb), "doctor")
     failing = cli("--display", xvfb.display, "--xauthority", str(wrong), "doctor")
     dead = cli("--display", ":4242", "doctor")

@@ -11,13 +11,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from infra.cli import cli
+from infra.cli import cli, cli_process
 from infra.xvfb import XServer
 
 
@@ -90,24 +90,34 @@ def test_a_detached_container_keeps_the_display_until_it_exits(
     assert list(tmp_path.iterdir()) == []
 
 
+@contextlib.contextmanager
+def holding_detached(
+    xvfb: XServer, host_dir: Path, name: str, *container: str, options: tuple[str, ...] = ()
+) -> Iterator[subprocess.Popen[str]]:
+    """
+    ``run`` (with `options`) holding `xvfb` for ``docker run -d --name NAME`` of `container`.
+
+    The block starts once it holds the display; the container is removed at its end.
+    """
+    with cli_process(
+        *("--host-dir", str(host_dir), "run", *options, "--"),
+        *("docker", "run", "-d", "--rm", "--name", name, *container),
+        env=xvfb.env(),
+    ) as process:
+        try:
+            assert process.stderr is not None
+            assert "holding the display" in process.stderr.readline()
+            yield process
+        finally:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+
+
 def test_sigterm_reaches_a_detached_container(
     xvfb: XServer, x11_image: str, tmp_path: Path
 ) -> None:
     script = 'trap "exit 143" TERM; xdpyinfo >/dev/null; echo ready; while :; do sleep 0.1; done'
     name = f"x11pt-cli-{os.getpid()}"
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "x11passthrough", "--host-dir", str(tmp_path), "run", "--"),
-            *("docker", "run", "-d", "--rm", "--name", name, x11_image, "sh", "-c", script),
-        ],
-        env=xvfb.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        assert "holding the display" in process.stderr.readline()
+    with holding_detached(xvfb, tmp_path, name, x11_image, "sh", "-c", script) as process:
         logs = subprocess.Popen(["docker", "logs", "-f", name], stdout=subprocess.PIPE, text=True)
         assert logs.stdout is not None
         assert logs.stdout.readline().strip() == "ready"
@@ -116,11 +126,6 @@ def test_sigterm_reaches_a_detached_container(
         logs.stdout.close()
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 143
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
     gone = subprocess.run(["docker", "inspect", name], capture_output=True, check=False)
     assert gone.returncode != 0
     assert list(tmp_path.iterdir()) == []
@@ -224,35 +229,23 @@ def test_sigterm_stops_a_container_that_ignores_it_after_the_grace_period(
     name = f"x11pt-stop-{os.getpid()}"
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "x11passthrough", "--host-dir", str(tmp_path / "host")),
-            *("run", "--stop-timeout", "2", "--"),
-            *("docker", "run", "--rm", "--name", name, x11_image),
-            *("sh", "-c", "xdpyinfo >/dev/null && echo ready && exec sleep 1000"),
-        ],
+    with cli_process(
+        *("--host-dir", str(tmp_path / "host"), "run", "--stop-timeout", "2", "--"),
+        *("docker", "run", "--rm", "--name", name, x11_image),
+        *("sh", "-c", "xdpyinfo >/dev/null && echo ready && exec sleep 1000"),
         env={**xvfb.env(), "TMPDIR": str(scratch)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    (tmp_path / "host").mkdir()
-    try:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        assert process.stdout.readline().strip() == "ready"
-        assert list(scratch.glob("x11passthrough-cid-*")) != []
-        process.send_signal(signal.SIGTERM)  # sleep as process 1 ignores it
-        assert process.wait(120) == 128 + signal.SIGTERM
-        assert "stopping it for good" in process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+    ) as process:
+        (tmp_path / "host").mkdir()
+        try:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            assert process.stdout.readline().strip() == "ready"
+            assert list(scratch.glob("x11passthrough-cid-*")) != []
+            process.send_signal(signal.SIGTERM)  # sleep as process 1 ignores it
+            assert process.wait(120) == 128 + signal.SIGTERM
+            assert "stopping it for good" in process.stderr.read()
+        finally:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
     running = subprocess.run(
         ["docker", "ps", "-q", "--filter", f"name=^{name}$"],
         capture_output=True,
@@ -268,30 +261,11 @@ def test_sigterm_stops_a_detached_container_after_the_grace_period(
     xvfb: XServer, x11_image: str, tmp_path: Path
 ) -> None:
     name = f"x11pt-stopd-{os.getpid()}"
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "x11passthrough", "--host-dir", str(tmp_path)),
-            *("run", "--stop-timeout", "1", "--"),
-            *("docker", "run", "-d", "--rm", "--name", name, x11_image, "sleep", "1000"),
-        ],
-        env=xvfb.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        assert "holding the display" in process.stderr.readline()
+    with holding_detached(
+        xvfb, tmp_path, name, x11_image, "sleep", "1000", options=("--stop-timeout", "1")
+    ) as process:
         process.send_signal(signal.SIGTERM)
         assert process.wait(120) == 128 + signal.SIGTERM
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
     gone = subprocess.run(["docker", "inspect", name], capture_output=True, check=False)
     assert gone.returncode != 0
     assert list(tmp_path.iterdir()) == []
@@ -301,28 +275,22 @@ def test_a_container_that_ignores_signals_is_killed_at_the_second(
     xvfb: XServer, x11_image: str
 ) -> None:
     """Process 1 of a container has no default signal actions: a second signal kills it."""
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "x11passthrough", "run", "--"),
-            *("docker", "run", "--rm", x11_image, "sh", "-c", "echo ready; exec sleep 1000"),
-        ],
+    with cli_process(
+        "run",
+        "--",
+        *("docker", "run", "--rm", x11_image, "sh", "-c", "echo ready; exec sleep 1000"),
         env=xvfb.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    assert process.stderr is not None
-    assert process.stdout.readline().strip() == "ready"
-    process.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(1)  # the first is passed on, and ignored
-    assert process.poll() is None, "sleep as process 1 ignores SIGTERM"
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(60) != 0
-    assert "killing it" in process.stderr.read()
-    process.stdout.close()
-    process.stderr.close()
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(1)  # the first is passed on, and ignored
+        assert process.poll() is None, "sleep as process 1 ignores SIGTERM"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) != 0
+        assert "killing it" in process.stderr.read()
 
 
 def test_doctor_on_an_image_without_a_probe_tool(xvfb: XServer, tmp_path: Path) -> None:

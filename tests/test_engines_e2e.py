@@ -27,7 +27,6 @@ from x11passthrough import X11Passthrough, _engine
 
 from infra.ci import require, require_executables
 from infra.engines import (
-    CONTAINERS_CONF,
     EngineError,
     PodmanService,
     RootlessDockerd,
@@ -54,14 +53,6 @@ def succeeded(result: subprocess.CompletedProcess[str], client: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     expected = "X.Org" if client == "xdpyinfo" else "screen 1024x768"
     assert expected in result.stdout
-
-
-@pytest.fixture(scope="module", name="podman_image")
-def _podman_image(x11_image: str) -> str:
-    require_executables("podman")
-    require("the test containers.conf", CONTAINERS_CONF.is_file(), "run scripts/setup-engines")
-    copy_docker_image(x11_image, rootless=False)
-    return podman_name(x11_image)
 
 
 def podman(

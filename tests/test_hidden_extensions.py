@@ -7,6 +7,7 @@ Real Xvfb, real relay, and x11perf (which uses MIT-SHM whenever the server offer
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import subprocess
@@ -136,8 +137,9 @@ def test_x11perf_shm_test_is_skipped_not_crashed(xvfb: XServer, lent: DockerRunA
     assert "ShmPutImage 10x10 square" in direct.stdout
 
 
-def test_untrusted_clients_get_no_mit_shm_from_the_server(xvfb: XServer) -> None:
-    """In untrusted mode the SECURITY extension already hides it; the relay adds nothing."""
+@contextlib.contextmanager
+def untrusted_client(xvfb: XServer) -> Iterator[socket.socket]:
+    """A client connected through a relay lending `xvfb` in untrusted mode, on TCP."""
     with (
         X11Passthrough(
             xvfb.display,
@@ -149,6 +151,12 @@ def test_untrusted_clients_get_no_mit_shm_from_the_server(xvfb: XServer) -> None
         ) as args,
         connect(6000 + number(args), None, session_cookie(args)) as relayed,
     ):
+        yield relayed
+
+
+def test_untrusted_clients_get_no_mit_shm_from_the_server(xvfb: XServer) -> None:
+    """In untrusted mode the SECURITY extension already hides it; the relay adds nothing."""
+    with untrusted_client(xvfb) as relayed:
         assert query_extension(relayed, b"MIT-SHM") == (False, 0)
         assert b"MIT-SHM" not in list_extensions(relayed)
 
@@ -260,17 +268,7 @@ def test_untrusted_clients_are_told_which_extension_the_server_refused(
     the log names the extension and the mode that refused it.
     """
     caplog.set_level("WARNING", logger="x11passthrough")
-    with (
-        X11Passthrough(
-            xvfb.display,
-            xvfb.xauthority,
-            transport="tcp",
-            bind=["127.0.0.1"],
-            display_range=RANGE,
-            auth="untrusted",
-        ) as args,
-        connect(6000 + number(args), None, session_cookie(args)) as relayed,
-    ):
+    with untrusted_client(xvfb) as relayed:
         assert query_extension(relayed, b"GLX") == (False, 0)
         # Still in step: the server's answer to the next request has the next number.
         relayed.sendall(struct.pack("<BxH", 43, 1))

@@ -6,7 +6,6 @@ namespaces (its own dockerd and sshd, see :mod:`infra.remote`), reached only as
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -15,7 +14,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 
@@ -28,7 +26,7 @@ from x11passthrough import DockerRunArgs, X11Passthrough
 from x11passthrough._commands import ERROR_STATUS
 from x11passthrough.exceptions import ConfigurationError, RemoteEngineError
 
-from infra.cli import cli, display_options
+from infra.cli import cli, cli_process, display_options
 from infra.network import tcp_listeners
 from infra.processes import wait_until
 from infra.remote import RemoteHost, RemoteSshd
@@ -303,14 +301,7 @@ def test_cli_run_reads_the_engine_from_the_wrapped_command(
 def test_cli_args_holds_the_remote_display_and_says_when_the_connection_drops(
     xvfb: XServer, remote: RemoteHost
 ) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "x11passthrough", *display_options(xvfb), "args"],
-        env=remote.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with cli_process(*display_options(xvfb), "args", env=remote.env()) as process:
         assert process.stdout is not None
         assert process.stderr is not None
         line = process.stdout.readline()
@@ -325,13 +316,6 @@ def test_cli_args_holds_the_remote_display_and_says_when_the_connection_drops(
         assert "no longer reach the display" in said
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 130
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        process.wait(60)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
     wait_until(lambda: session_dirs(remote) == [], "the remote directory to be removed")
 
 
@@ -353,26 +337,15 @@ def ssh_masters(address: str) -> list[int]:
 def test_a_killed_passthrough_leaves_nothing_on_the_remote_host(
     xvfb: XServer, remote: RemoteHost
 ) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "x11passthrough", *display_options(xvfb), "args"],
-        env=remote.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
+    with cli_process(
+        *display_options(xvfb), "args", env=remote.env(), stderr=subprocess.DEVNULL
+    ) as process:
         assert process.stdout is not None
         assert process.stdout.readline()
         assert len(session_dirs(remote)) == 1
         assert ssh_masters(remote.address)
         process.kill()
         process.wait(60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(60)
-        if process.stdout is not None:
-            process.stdout.close()
     # Its end of the pipe closed: the remote script removes the directory, ssh ends.
     wait_until(lambda: session_dirs(remote) == [], "the remote directory to be removed")
     wait_until(lambda: not ssh_masters(remote.address), "the ssh connection to end", timeout=30)

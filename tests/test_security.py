@@ -165,12 +165,7 @@ def test_session_cookie_never_opens_the_x_server_itself(
 ) -> None:
     """The X server never learns the session cookie: used directly, it is refused."""
     require_executables("xdpyinfo", "xauth")
-    direct = tmp_path / "direct"
-    subprocess.run(
-        ["xauth", "-f", str(direct), "add", xvfb.display, ".", _session_cookie(passthrough).hex()],
-        check=True,
-        capture_output=True,
-    )
+    direct = xvfb.authority_file(tmp_path / "direct", _session_cookie(passthrough))
     result = subprocess.run(
         ["xdpyinfo"], env=xvfb.env(XAUTHORITY=str(direct)), capture_output=True, check=False
     )

@@ -41,7 +41,7 @@ from x11passthrough.xauth import Xauthority
 from infra.ci import require_executables
 from infra.network import NetNamespace
 from infra.processes import run_forked, wait_until
-from infra.users import AbstractHolder, Flooder, other_user
+from infra.users import AbstractHolder, Flooder, FloodReport, other_user
 from infra.xvfb import XServer
 
 
@@ -92,14 +92,6 @@ def abstract_address(args: DockerRunArgs) -> str:
 def session_cookie(args: DockerRunArgs) -> bytes:
     assert args.xauthority is not None
     return Xauthority.load(args.xauthority)[0].data
-
-
-@pytest.fixture(name="open_xvfb")
-def _open_xvfb(xvfb: XServer) -> XServer:
-    """The test Xvfb, also admitting root's connections without a cookie (SI:localuser)."""
-    require_executables("xhost")
-    xvfb.xhost("+SI:localuser:root")
-    return xvfb
 
 
 @pytest.fixture(name="no_cookie")
@@ -229,12 +221,20 @@ def test_forward_mode_without_a_cookie_with_real_containers(
 # -- item 3: floods by other local users and by other containers ----------------------------------
 
 
-def measure(address: str, cookie: bytes) -> tuple[int, float, list[str]]:
-    """Run :data:`CLIENTS` setups; return successes, p90 seconds and the failures."""
-    results = [unix_setup(address, cookie) for _ in range(CLIENTS)]
+def measure(args: DockerRunArgs, flood: Flooder) -> tuple[int, float, list[str], FloodReport]:
+    """
+    Run :data:`CLIENTS` setups on the mounted socket while `flood` runs, then stop the flood.
+
+    Returns:
+        The successes, the p90 seconds, the failures, and what the flood did.
+    """
+    try:
+        results = [unix_setup(str(args.socket), session_cookie(args)) for _ in range(CLIENTS)]
+    finally:
+        report = flood.report()
     times = [seconds for _, seconds, _ in results]
     failures = [reason for status, _, reason in results if status != 1]
-    return CLIENTS - len(failures), statistics.quantiles(times, n=10)[-1], failures
+    return CLIENTS - len(failures), statistics.quantiles(times, n=10)[-1], failures, report
 
 
 @pytest.mark.parametrize("processes", [1, 4])
@@ -247,10 +247,7 @@ def test_another_users_flood_on_the_abstract_socket_leaves_the_mounted_socket_se
     ) as args:
         assert args.socket is not None
         flood = Flooder("abstract", abstract_address(args)[1:], count=400, processes=processes)
-        try:
-            served, p90, failures = measure(str(args.socket), session_cookie(args))
-        finally:
-            report = flood.report()
+        served, p90, failures, report = measure(args, flood)
     print(
         f"abstract-socket flood by uid {flood.uid} in {processes} process(es): opened "
         f"{report.opened}, held at most {report.held}; mounted socket: {served}/{CLIENTS} "
@@ -267,10 +264,7 @@ def test_one_containers_flood_on_the_mounted_socket_leaves_another_served(xvfb: 
     ) as args:
         assert args.socket is not None
         flood = Flooder("unix", str(args.socket), count=400, processes=4, user=False)
-        try:
-            served, p90, failures = measure(str(args.socket), session_cookie(args))
-        finally:
-            report = flood.report()
+        served, p90, failures, report = measure(args, flood)
     print(
         f"mounted-socket flood by {len(flood.pids)} processes of uid {flood.uid}: opened "
         f"{report.opened}, held at most {report.held}; another process: {served}/{CLIENTS} "

@@ -58,6 +58,17 @@ def passthrough(server: XServer, **options: object) -> X11Passthrough:
     return X11Passthrough(server.display, server.xauthority, **options)  # type: ignore[arg-type]
 
 
+def refused_start(server: XServer, base: Path) -> str:
+    """Start a passthrough with `base` as host_dir; return the ConfigurationError's message."""
+    p = passthrough(server, host_dir=base)
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            p.start()
+    finally:
+        p.close()
+    return str(info.value)
+
+
 def relay_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if "x11passthrough" in t.name]
 
@@ -167,13 +178,7 @@ def test_a_base_others_can_change_is_refused_naming_it_and_the_fix(
 ) -> None:
     require("root", os.geteuid() == 0, "run the tests as root")
     base = make_base(kind)
-    p = passthrough(xvfb, host_dir=base)
-    try:
-        with pytest.raises(ConfigurationError) as info:
-            p.start()
-    finally:
-        p.close()
-    message = str(info.value)
+    message = refused_start(xvfb, base)
     assert message.startswith(f"host_dir={base} {problem}: another user could swap")
     assert fix in message
     assert "pass host_dir=..." in message
@@ -205,16 +210,11 @@ def test_a_base_inside_a_directory_others_can_change_is_refused(
     """Another user could rename the base's parent entry: Docker's later lookup is theirs."""
     require("root", os.geteuid() == 0, "run the tests as root")
     base = make_base("inside all")
-    p = passthrough(xvfb, host_dir=base)
-    try:
-        with pytest.raises(ConfigurationError) as info:
-            p.start()
-    finally:
-        p.close()
-    assert str(info.value).startswith(
+    message = refused_start(xvfb, base)
+    assert message.startswith(
         f"host_dir={base} lies in {base.parent}, which is writable by other users (mode 0777)"
     )
-    assert f"chmod +t {base.parent}" in str(info.value)
+    assert f"chmod +t {base.parent}" in message
     assert list(base.iterdir()) == []
 
 

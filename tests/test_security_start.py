@@ -81,12 +81,7 @@ def test_a_missing_authority_file_fails_start_quoting_the_server(
 def test_a_wrong_cookie_fails_start(xvfb: XServer, tmp_path: Path) -> None:
     """A stale cookie is reported with the server's words, not found inside a container."""
     require_executables("xauth")
-    stale = tmp_path / "stale.xauth"
-    subprocess.run(
-        ["xauth", "-f", str(stale), "add", xvfb.display, ".", "ab" * 16],
-        check=True,
-        capture_output=True,
-    )
+    stale = xvfb.authority_file(tmp_path / "stale.xauth", b"\xab" * 16)
     with pytest.raises(DisplayAuthorizationError, match="Invalid MIT-MAGIC-COOKIE-1 key") as info:
         passthrough(xvfb, stale).start()
     assert f"the cookie for display :{xvfb.number} from {stale}" in str(info.value)
@@ -109,14 +104,6 @@ def test_empty_xauthority_means_no_file(xvfb: XServer) -> None:
     """xauthority='' is libXau's XAUTHORITY='': no authority file, not the current directory."""
     with pytest.raises(DisplayAuthorizationError, match="XAUTHORITY is empty"):
         passthrough(xvfb, "").start()
-
-
-@pytest.fixture(name="open_xvfb")
-def _open_xvfb(xvfb: XServer) -> XServer:
-    """The test Xvfb, also admitting root's connections without a cookie (SI:localuser)."""
-    require_executables("xhost")
-    xvfb.xhost("+SI:localuser:root")
-    return xvfb
 
 
 def test_forward_mode_demands_the_real_cookie(open_xvfb: XServer) -> None:

@@ -24,7 +24,6 @@ from x11passthrough._x11.xlib import open_display
 from x11passthrough.display import Endpoint
 from x11passthrough.xauth import Xauthority
 
-from infra.ci import require_executables
 from infra.processes import wait_until
 from infra.xvfb import XServer
 
@@ -73,14 +72,6 @@ def relayed(passthrough: X11Passthrough) -> tuple[int, bytes]:
     return 1, bytes([count])
 
 
-@pytest.fixture(name="localuser_xvfb")
-def _localuser_xvfb(xvfb: XServer) -> XServer:
-    """The test Xvfb, also trusting root's connections without a cookie (SI:localuser)."""
-    require_executables("xhost")
-    xvfb.xhost("+SI:localuser:root")
-    return xvfb
-
-
 @pytest.fixture(name="admin")
 def _admin(xvfb: XServer) -> Iterator[Xlib.display.Display]:
     sock = Endpoint.unix(xvfb.unix_path).connect(5)
@@ -92,10 +83,10 @@ def _admin(xvfb: XServer) -> Iterator[Xlib.display.Display]:
 
 
 def test_the_untrusted_cookie_does_not_expire_under_the_relay(
-    localuser_xvfb: XServer, admin: Xlib.display.Display
+    open_xvfb: XServer, admin: Xlib.display.Display
 ) -> None:
     """Long after a cookie of the same timeout expired, relay clients are still untrusted."""
-    server = localuser_xvfb
+    server = open_xvfb
     trusted = direct_count(server, server.cookie)
     assert trusted is not None
     control = SecurityClient(admin, timeout=5, where="admin").generate(timeout=1)
@@ -126,15 +117,15 @@ def test_the_untrusted_cookie_does_not_expire_under_the_relay(
 
 
 def test_the_relay_refuses_clients_once_the_cookie_is_gone(
-    localuser_xvfb: XServer, admin: Xlib.display.Display
+    open_xvfb: XServer, admin: Xlib.display.Display
 ) -> None:
     """
     When the server revokes the cookie (and so closes the connection holding it), new clients
     are refused: they would reach the server without it, as trusted clients.
     """
     passthrough = X11Passthrough(
-        localuser_xvfb.display,
-        localuser_xvfb.xauthority,
+        open_xvfb.display,
+        open_xvfb.xauthority,
         auth="untrusted",
         bind=["127.0.0.1"],
         display_range=RANGE,

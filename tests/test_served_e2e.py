@@ -27,10 +27,10 @@ from docker.models.containers import Container
 
 from x11passthrough.served import ServedArgs, ServedDisplay, served_args
 
-from infra.ci import require, require_executables
+from infra.ci import require
 from infra.cli import cli
 from infra.docker import CONTAINER_OWNER_LABEL
-from infra.engines import CONTAINERS_CONF, copy_docker_image, podman_name, run_podman
+from infra.engines import run_podman
 from infra.processes import wait_until
 from infra.served import TEST_RANGE, serving
 from infra.xvfb import XServer
@@ -330,14 +330,6 @@ def test_a_revoked_cookie_cuts_off_one_container_only(
 def _status(container: object) -> str:
     container.reload()  # type: ignore[attr-defined]
     return str(container.status)  # type: ignore[attr-defined]
-
-
-@pytest.fixture(scope="module", name="podman_image")
-def _podman_image(x11_image: str) -> str:
-    require_executables("podman")
-    require("the test containers.conf", CONTAINERS_CONF.is_file(), "run scripts/setup-engines")
-    copy_docker_image(x11_image, rootless=False)
-    return podman_name(x11_image)
 
 
 @pytest.mark.parametrize("user", [(), ("--user", "1000:1000")], ids=str)

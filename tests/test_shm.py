@@ -63,6 +63,16 @@ def session_cookie(args: DockerRunArgs) -> bytes:
     return Xauthority.load(args.xauthority).entries[0].data
 
 
+def mit_shm(args: DockerRunArgs) -> tuple[bool, int]:
+    """What a session client on the mounted socket is told of MIT-SHM: (present, major)."""
+    assert args.socket is not None
+    client = Client(str(args.socket), session_cookie(args))
+    try:
+        return client.query(b"MIT-SHM")
+    finally:
+        client.close()
+
+
 def probe_as_other_user(path: str, cookie: bytes, *ids: str) -> dict[str, object]:
     user = other_user()
     done = subprocess.run(
@@ -134,22 +144,12 @@ def test_untrusted_clients_get_no_mit_shm_even_in_the_servers_ipc_namespace(
 ) -> None:
     """The server refuses MIT-SHM to untrusted clients: the relay has nothing to grant."""
     with lend(xvfb, auth="untrusted") as args:
-        assert args.socket is not None
-        client = Client(str(args.socket), session_cookie(args))
-        try:
-            assert client.query(b"MIT-SHM") == (False, 0)
-        finally:
-            client.close()
+        assert mit_shm(args) == (False, 0)
 
 
 def test_shm_false_hides_it_from_every_client(xvfb: XServer) -> None:
     with lend(xvfb, shm=False) as args:
-        assert args.socket is not None
-        client = Client(str(args.socket), session_cookie(args))
-        try:
-            assert client.query(b"MIT-SHM") == (False, 0)
-        finally:
-            client.close()
+        assert mit_shm(args) == (False, 0)
 
 
 def test_another_user_attaches_exactly_what_the_server_lets_it_attach(

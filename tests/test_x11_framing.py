@@ -267,6 +267,19 @@ def read_packet(sock: socket.socket, fmt: str) -> bytes:
     return head
 
 
+def until_sync(
+    sock: socket.socket, fmt: str, sync: int, index: int
+) -> Iterator[tuple[int, bytes]]:
+    """Yield the packets of stream `index`, with their numbers, up to the reply to `sync`."""
+    while True:
+        packet = read_packet(sock, fmt)
+        (sequence,) = struct.unpack_from(fmt + "H", packet, 2)
+        yield sequence, packet
+        if packet[0] == 1 and sequence == sync:
+            return
+        assert sequence < sync, f"stream {index}: the server counted more requests"
+
+
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
@@ -309,16 +322,11 @@ def run_stream(xvfb: XServer, server: Server, rng: random.Random, index: int) ->
         sock.sendall(request_filter.feed(bytearray(made.data[len(stream) :])))
         assert request_filter.requests == sync
         answers: dict[int, bytes] = {}
-        while True:
-            packet = read_packet(sock, writer.fmt)
-            (sequence,) = struct.unpack_from(writer.fmt + "H", packet, 2)
+        for sequence, packet in until_sync(sock, writer.fmt, sync, index):
             assert packet[0] in (0, 1), f"stream {index}: an event {packet[0]}"
             if packet[0] == 0:
                 assert packet[10] != server.shm, f"stream {index}: MIT-SHM reached the server"
             answers.setdefault(sequence, packet)
-            if packet[0] == 1 and sequence == sync:
-                break
-            assert sequence < sync, f"stream {index}: the server counted more requests"
     for sequence in made.refused:
         refused = answers.get(sequence)
         assert refused is not None, f"stream {index}: request {sequence} was not refused"
@@ -447,14 +455,9 @@ def run_shm_stream(
         assert request_filter.requests == sync, f"stream {index}"
         assert len(checked) == attaches.judged, f"stream {index}"
         errors: dict[int, bytes] = {}
-        while True:
-            packet = read_packet(sock, writer.fmt)
-            (sequence,) = struct.unpack_from(writer.fmt + "H", packet, 2)
+        for sequence, packet in until_sync(sock, writer.fmt, sync, index):
             if packet[0] == 0:
                 errors[sequence] = packet
-            if packet[0] == 1 and sequence == sync:
-                break
-            assert sequence < sync, f"stream {index}: the server counted more requests"
     for sequence in attaches.refused:
         error = errors.get(sequence)
         assert error is not None, f"stream {index}: refused attach {sequence} ran"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+
+from collections.abc import Iterator
 
 from .xvfb import XServer
 
@@ -20,6 +23,33 @@ def cli(
         env=env,
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def cli_process(
+    *args: str, env: dict[str, str] | None = None, stderr: int = subprocess.PIPE
+) -> Iterator[subprocess.Popen[str]]:
+    """
+    Start the command, its output on text pipes (`stderr` may be ``subprocess.DEVNULL``).
+
+    At the end of the block it is killed if it still runs, waited for, and its pipes closed.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "x11passthrough", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(60)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def display_options(server: XServer) -> tuple[str, ...]:

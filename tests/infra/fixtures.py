@@ -8,10 +8,12 @@ there, a failure in CI). Loaded as a plugin by conftest.py.
 Fixtures:
 
 - ``xvfb_factory``, ``xvfb``, ``xvfb_tcp``: private Xvfb servers with cookie auth.
+- ``open_xvfb``: ``xvfb`` also admitting root's connections without a cookie (SI:localuser).
 - ``docker_client`` (session): a ``docker.DockerClient``; starts dockerd with
   ``scripts/start-dockerd`` when running as root and no engine answers, and stops it at the end
   of the session only if it started it.
 - ``x11_image`` (session): the tag of the X client test image (built once, then cached).
+- ``podman_image`` (module): that image in rootful Podman's store (copied from Docker).
 - ``distro_image`` (session): the Debian image of the app matrix (:mod:`infra.distro`).
 - ``docker_gateway`` (session): the host's IPv4 address on Docker's default bridge.
 - ``netns`` (function): a factory of network namespaces joined to the host by veth pairs.
@@ -39,6 +41,7 @@ from .docker import (
     start_dockerd,
     stop_dockerd,
 )
+from .engines import CONTAINERS_CONF, copy_docker_image, podman_name
 from .images import build_x11_image, missing_image_tools
 from .network import NetNamespace, create_netns, reap_stale_netns
 from .remote import RemoteHost, remote_host
@@ -93,6 +96,15 @@ def _x11_image(docker_client: docker.DockerClient) -> str:
         f"missing {', '.join(missing)}; install x11-utils x11-apps xauth python3 busybox-static",
     )
     return build_x11_image()
+
+
+@pytest.fixture(scope="module", name="podman_image")
+def _podman_image(x11_image: str) -> str:
+    """The X client test image, copied into rootful Podman's store; its name there."""
+    require_executables("podman")
+    require("the test containers.conf", CONTAINERS_CONF.is_file(), "run scripts/setup-engines")
+    copy_docker_image(x11_image, rootless=False)
+    return podman_name(x11_image)
 
 
 @pytest.fixture(scope="session", name="distro_image")
@@ -176,6 +188,14 @@ def _xvfb_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
 def _xvfb(xvfb_factory: Callable[..., XServer]) -> XServer:
     """A private Xvfb with cookie auth, listening on its UNIX socket only."""
     return xvfb_factory()
+
+
+@pytest.fixture(name="open_xvfb")
+def _open_xvfb(xvfb: XServer) -> XServer:
+    """The test Xvfb, also admitting root's connections without a cookie (SI:localuser)."""
+    require_executables("xhost")
+    xvfb.xhost("+SI:localuser:root")
+    return xvfb
 
 
 @pytest.fixture(name="xvfb_tcp")

@@ -98,6 +98,15 @@ class XServer:
         """Run ``xhost`` against this server with its cookie."""
         subprocess.run(["xhost", *args], env=self.env(), check=True, capture_output=True)
 
+    def authority_file(self, path: Path, cookie: bytes) -> Path:
+        """Write, with ``xauth``, an authority file at `path` giving `cookie` for this server."""
+        subprocess.run(
+            ["xauth", "-f", str(path), "add", self.display, ".", cookie.hex()],
+            check=True,
+            capture_output=True,
+        )
+        return path
+
     def stop(self) -> None:
         """Stop the server and wait for it."""
         stop_process(self.process, timeout=5)
