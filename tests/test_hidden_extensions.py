@@ -26,16 +26,21 @@ from infra.xvfb import XServer, client_env
 RANGE = range(660, 700)
 
 
-@pytest.fixture(name="lent")
-def _lent(xvfb: XServer) -> Iterator[DockerRunArgs]:
-    with X11Passthrough(
-        xvfb.display,
-        xvfb.xauthority,
+def lend(server: XServer, **options: object) -> X11Passthrough:
+    """A passthrough of `server` on TCP (127.0.0.1), in this file's display range."""
+    return X11Passthrough(
+        server.display,
+        server.xauthority,
         transport="tcp",
         bind=["127.0.0.1"],
         display_range=RANGE,
-        container_hostname=socket.gethostname(),
-    ) as args:
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(name="lent")
+def _lent(xvfb: XServer) -> Iterator[DockerRunArgs]:
+    with lend(xvfb, container_hostname=socket.gethostname()) as args:
         yield args
 
 
@@ -141,14 +146,7 @@ def test_x11perf_shm_test_is_skipped_not_crashed(xvfb: XServer, lent: DockerRunA
 def untrusted_client(xvfb: XServer) -> Iterator[socket.socket]:
     """A client connected through a relay lending `xvfb` in untrusted mode, on TCP."""
     with (
-        X11Passthrough(
-            xvfb.display,
-            xvfb.xauthority,
-            transport="tcp",
-            bind=["127.0.0.1"],
-            display_range=RANGE,
-            auth="untrusted",
-        ) as args,
+        lend(xvfb, auth="untrusted") as args,
         connect(6000 + number(args), None, session_cookie(args)) as relayed,
     ):
         yield relayed
@@ -221,13 +219,7 @@ def test_a_restarted_server_is_learned_again(
     client through; with the numbers of the first server, ShmQueryVersion was answered.
     """
     first = xvfb_factory(extra_args=("-extension", "MIT-SHM"))
-    with X11Passthrough(
-        first.display,
-        first.xauthority,
-        transport="tcp",
-        bind=["127.0.0.1"],
-        display_range=RANGE,
-    ) as args:
+    with lend(first) as args:
         port, cookie = 6000 + number(args), session_cookie(args)
         with connect(port, None, cookie) as relayed:
             assert query_extension(relayed, b"MIT-SHM") == (False, 0)

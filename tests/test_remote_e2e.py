@@ -247,25 +247,29 @@ def test_a_dropped_connection_withdraws_the_display(
 # -- the command line ------------------------------------------------------------------------
 
 
+def cli_run_xdpyinfo(
+    server: XServer,
+    host: RemoteHost,
+    engine: list[str],
+    options: tuple[str, ...],
+    *,
+    env: dict[str, str],
+) -> subprocess.CompletedProcess[str]:
+    """``x11passthrough run -- ENGINE run --rm --network none OPTIONS IMAGE xdpyinfo``."""
+    return cli(
+        *display_options(server),
+        *("run", "--", *engine, "run", "--rm", "--network", "none", *options),
+        *(host.image, "xdpyinfo"),
+        env=env,
+        timeout=240,
+    )
+
+
 @pytest.mark.parametrize("user", USERS)
 def test_cli_run_lends_the_display_to_a_remote_container(
     xvfb: XServer, remote: RemoteHost, user: tuple[str, ...]
 ) -> None:
-    done = cli(
-        *display_options(xvfb),
-        "run",
-        "--",
-        "docker",
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        *user,
-        remote.image,
-        "xdpyinfo",
-        env=remote.env(),
-        timeout=240,
-    )
+    done = cli_run_xdpyinfo(xvfb, remote, ["docker"], user, env=remote.env())
     assert done.returncode == 0, done.stderr
     assert "vendor string:    The X.Org Foundation" in done.stdout
     assert session_dirs(remote) == []
@@ -280,20 +284,7 @@ def test_cli_run_reads_the_engine_from_the_wrapped_command(
     made = subprocess.run(create, env=env, capture_output=True, text=True, check=False)
     assert made.returncode == 0, made.stderr
     for engine in (["docker", "-H", remote.docker_host], ["docker", "--context", "far"]):
-        done = cli(
-            *display_options(xvfb),
-            "run",
-            "--",
-            *engine,
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            remote.image,
-            "xdpyinfo",
-            env=env,
-            timeout=240,
-        )
+        done = cli_run_xdpyinfo(xvfb, remote, engine, (), env=env)
         assert done.returncode == 0, done.stderr
         assert "vendor string:    The X.Org Foundation" in done.stdout
 

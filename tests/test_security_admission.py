@@ -41,7 +41,7 @@ from x11passthrough.xauth import Xauthority
 from infra.ci import require_executables
 from infra.network import NetNamespace
 from infra.processes import run_forked, wait_until
-from infra.users import AbstractHolder, Flooder, FloodReport, other_user
+from infra.users import AbstractHolder, Flooder, other_user
 from infra.xvfb import XServer
 
 
@@ -221,12 +221,12 @@ def test_forward_mode_without_a_cookie_with_real_containers(
 # -- item 3: floods by other local users and by other containers ----------------------------------
 
 
-def measure(args: DockerRunArgs, flood: Flooder) -> tuple[int, float, list[str], FloodReport]:
+def served_during(flood: Flooder, args: DockerRunArgs, *, flooding: str, client: str) -> None:
     """
     Run :data:`CLIENTS` setups on the mounted socket while `flood` runs, then stop the flood.
 
-    Returns:
-        The successes, the p90 seconds, the failures, and what the flood did.
+    Prints what the flood (`flooding`) did and how the measured clients (`client`) fared;
+    asserts that :data:`NEEDED` of them set up, the p90 under a second.
     """
     try:
         results = [unix_setup(str(args.socket), session_cookie(args)) for _ in range(CLIENTS)]
@@ -234,7 +234,13 @@ def measure(args: DockerRunArgs, flood: Flooder) -> tuple[int, float, list[str],
         report = flood.report()
     times = [seconds for _, seconds, _ in results]
     failures = [reason for status, _, reason in results if status != 1]
-    return CLIENTS - len(failures), statistics.quantiles(times, n=10)[-1], failures, report
+    served, p90 = CLIENTS - len(failures), statistics.quantiles(times, n=10)[-1]
+    print(
+        f"{flooding}: opened {report.opened}, held at most {report.held}; {client}: "
+        f"{served}/{CLIENTS} served, p90 {p90 * 1000:.0f} ms; failures {failures[:3]}"
+    )
+    assert served >= NEEDED, failures
+    assert p90 < 1.0
 
 
 @pytest.mark.parametrize("processes", [1, 4])
@@ -247,14 +253,12 @@ def test_another_users_flood_on_the_abstract_socket_leaves_the_mounted_socket_se
     ) as args:
         assert args.socket is not None
         flood = Flooder("abstract", abstract_address(args)[1:], count=400, processes=processes)
-        served, p90, failures, report = measure(args, flood)
-    print(
-        f"abstract-socket flood by uid {flood.uid} in {processes} process(es): opened "
-        f"{report.opened}, held at most {report.held}; mounted socket: {served}/{CLIENTS} "
-        f"served, p90 {p90 * 1000:.0f} ms; failures {failures[:3]}"
-    )
-    assert served >= NEEDED, failures
-    assert p90 < 1.0
+        served_during(
+            flood,
+            args,
+            flooding=f"abstract-socket flood by uid {flood.uid} in {processes} process(es)",
+            client="mounted socket",
+        )
 
 
 def test_one_containers_flood_on_the_mounted_socket_leaves_another_served(xvfb: XServer) -> None:
@@ -264,14 +268,12 @@ def test_one_containers_flood_on_the_mounted_socket_leaves_another_served(xvfb: 
     ) as args:
         assert args.socket is not None
         flood = Flooder("unix", str(args.socket), count=400, processes=4, user=False)
-        served, p90, failures, report = measure(args, flood)
-    print(
-        f"mounted-socket flood by {len(flood.pids)} processes of uid {flood.uid}: opened "
-        f"{report.opened}, held at most {report.held}; another process: {served}/{CLIENTS} "
-        f"served, p90 {p90 * 1000:.0f} ms; failures {failures[:3]}"
-    )
-    assert served >= NEEDED, failures
-    assert p90 < 1.0
+        served_during(
+            flood,
+            args,
+            flooding=f"mounted-socket flood by {len(flood.pids)} processes of uid {flood.uid}",
+            client="another process",
+        )
 
 
 CONTAINER_SETUP = textwrap.dedent(

@@ -7,6 +7,7 @@ the systemd user unit's command line (run, with a notify socket, as systemd woul
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -16,17 +17,17 @@ import socket
 import subprocess
 import sys
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from x11passthrough.exceptions import ConfigurationError, ServeError
-from x11passthrough.served import ServedDisplay, served_args
+from x11passthrough.served import ServedArgs, ServedDisplay, served_args
 
 from infra.cli import cli
 from infra.processes import wait_until
-from infra.served import TEST_RANGE, serving
+from infra.served import TEST_RANGE, Served, serving
 from infra.users import free_display
 from infra.xvfb import XServer, client_env, start_xvfb
 
@@ -58,6 +59,25 @@ def _host_dir(tmp_path: Path) -> Path:
 def _number(name: str, host_dir: Path) -> int:
     """Choose the test's display number before serve does (away from other tests' range)."""
     return int(served_args(name, host_dir=host_dir, display_range=TEST_RANGE).display[1:])
+
+
+@contextlib.contextmanager
+def _serving_works(
+    name: str, host_dir: Path, server: XServer
+) -> Iterator[tuple[ServedArgs, Path, Served]]:
+    """
+    Serve `server` as `name` (its number chosen first) until the block ends.
+
+    The block starts once a client works with the served display's arguments and authority
+    file; it gets those and the ``serve`` process.
+    """
+    _number(name, host_dir)
+    args = served_args(name, host_dir=host_dir)
+    assert args.xauthority is not None
+    with serving(name, host_dir, server) as served:
+        served.wait_ready()
+        assert _works(args.display, args.xauthority)
+        yield args, args.xauthority, served
 
 
 def test_a_served_display_keeps_its_name_number_and_paths(xvfb: XServer, host_dir: Path) -> None:
@@ -115,15 +135,10 @@ def test_the_x_server_may_restart_with_a_new_cookie(
     # A number of its own, far from the ones other X servers on the machine pick for
     # themselves: the restart below must find it still free.
     server = xvfb_factory(number=free_display(950))
-    _number("restarts", host_dir)
-    args = served_args("restarts", host_dir=host_dir)
-    assert args.xauthority is not None
-    with serving("restarts", host_dir, server) as served:
-        served.wait_ready()
-        assert _works(args.display, args.xauthority)
-        container_cookie = args.xauthority.read_bytes()
+    with _serving_works("restarts", host_dir, server) as (args, xauthority, served):
+        container_cookie = xauthority.read_bytes()
         server.stop()
-        gone = _xdpyinfo(args.display, args.xauthority)
+        gone = _xdpyinfo(args.display, xauthority)
         assert gone.returncode != 0
         assert "x11passthrough: the X display" in gone.stderr
         assert "is gone (its X server exited or is restarting)" in gone.stderr
@@ -132,22 +147,18 @@ def test_the_x_server_may_restart_with_a_new_cookie(
         cookie = secrets.token_bytes(16)
         again = start_xvfb(tmp_path / "again", number=server.number, cookie=cookie)
         try:
-            subprocess.run(
-                ["xauth", "-f", str(server.xauthority), "add", server.display, ".", cookie.hex()],
-                check=True,
-                capture_output=True,
-            )
+            server.authority_file(server.xauthority, cookie)
             try:
                 wait_until(
-                    lambda: _works(args.display, args.xauthority),  # type: ignore[arg-type]
+                    lambda: _works(args.display, xauthority),
                     "the served display to serve the restarted X server",
                     timeout=60,
                     interval=0.1,
                 )
             except AssertionError as e:
-                last = _xdpyinfo(args.display, args.xauthority).stderr
+                last = _xdpyinfo(args.display, xauthority).stderr
                 raise AssertionError(f"{e}\nclient: {last}\nserve: {served.output()}") from e
-            assert args.xauthority.read_bytes() == container_cookie
+            assert xauthority.read_bytes() == container_cookie
             assert "is back; its cookie was proven again" in served.output()
         finally:
             again.stop()
@@ -179,19 +190,14 @@ def test_a_restarted_x_server_with_a_cookie_not_written_yet_is_refused_clearly(
 
 
 def test_stop_withdraws_the_display_from_every_container(xvfb: XServer, host_dir: Path) -> None:
-    _number("withdrawn", host_dir)
-    args = served_args("withdrawn", host_dir=host_dir)
-    assert args.xauthority is not None
-    with serving("withdrawn", host_dir, xvfb) as served:
-        served.wait_ready()
-        assert _works(args.display, args.xauthority)
+    with _serving_works("withdrawn", host_dir, xvfb) as (args, xauthority, served):
         stopped = cli("serve", "--name", "withdrawn", "--host-dir", str(host_dir), "--stop")
         assert stopped.returncode == 0, stopped.stderr
         assert served.process.wait(30) == 0
-    assert not args.xauthority.exists()
+    assert not xauthority.exists()
     assert not Path(str(args.socket)).exists()
     assert args.socket_dir.is_dir()  # kept: containers mount it, and the next serve fills it
-    assert not _works(args.display, args.xauthority)
+    assert not _works(args.display, xauthority)
     again = cli("serve", "--name", "withdrawn", "--host-dir", str(host_dir), "--stop")
     assert again.returncode == 125
     assert "the served display 'withdrawn' is not running" in again.stderr
