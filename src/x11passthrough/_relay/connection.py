@@ -241,7 +241,8 @@ class Connection:
         except (OSError, asyncio.TimeoutError) as exc:
             if not owner.serving:  # a cancellation that wait_for turned into a timeout
                 raise asyncio.CancelledError from exc
-            await self._unreachable(exc)
+            cause = why(exc, self._shared.options.connect_timeout)
+            await self._display_refused(f"cannot reach the X display at {self._upstream}: {cause}")
             return None
         if not owner.serving:  # stop() ran while the last await completed
             self._close_display(display)
@@ -258,7 +259,7 @@ class Connection:
             problem = hidden
             self.display = None
         self._close_display(display)
-        await self._display_refused(f"x11passthrough: {problem}")
+        await self._display_refused(problem)
         return None
 
     async def _hidden(self) -> Hidden | str | None:
@@ -279,7 +280,7 @@ class Connection:
     async def _admitted(self) -> bool:
         """Refuse a client whose peer or address is not admitted; tell whether it may go on."""
         if self.refused is not None:
-            await self._refuse(self.refused, await self._first_bytes(), Outcome.REJECTED)
+            await self._refuse(self.refused, Outcome.REJECTED)
             return False
         if self.unverified and not await self._owner.admits(self):
             await self._refuse_unknown()
@@ -293,7 +294,7 @@ class Connection:
             forward = await self._collect(setup_filter, received)
         except Refusal as refusal:
             await self._refuse(
-                refusal.reason, bytes(received), refusal.outcome, reply=refusal.reply
+                refusal.reason, refusal.outcome, bytes(received), reply=refusal.reply
             )
             return None
         except OSError as exc:
@@ -383,7 +384,6 @@ class Connection:
                 # of the X server per large request. The kernel caps it at net.core.wmem_max.
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, DISPLAY_SNDBUF)
-            if family == socket.AF_UNIX:
                 await self._connect_unix(sock, address, timeout)
             else:
                 await asyncio.wait_for(self.loop.sock_connect(sock, address), timeout)
@@ -421,13 +421,6 @@ class Connection:
             else:
                 return
 
-    async def _unreachable(self, exc: BaseException) -> None:
-        reason = (
-            f"x11passthrough: cannot reach the X display at {self._upstream}: "
-            f"{why(exc, self._shared.options.connect_timeout)}"
-        )
-        await self._display_refused(reason)
-
     async def _refuse_unknown(self) -> None:
         """Refuse a client whose address is in no allowed network, saying how to admit it."""
         which = (
@@ -447,7 +440,7 @@ class Connection:
                 self.peer,
                 f" ({left_out} similar warnings left out)" if left_out else "",
             )
-        await self._refuse(reason, await self._first_bytes(), Outcome.REJECTED)
+        await self._refuse(reason, Outcome.REJECTED)
 
     async def _first_bytes(self) -> bytes:
         """Return what the client sent first (its byte order), waiting a moment for it."""
@@ -458,19 +451,25 @@ class Connection:
         except (OSError, asyncio.TimeoutError):
             return b""
 
-    async def _display_refused(self, reason: str) -> None:
-        """Answer Failed with `reason` (the display cannot serve this client): an error."""
-        shown = reason.removeprefix("x11passthrough: ")  # the log has its own prefix
-        logger.warning("%s (connection #%d from %s)", shown, self.number, self.peer)
-        await self._refuse(reason, await self._first_bytes(), Outcome.ERROR)
+    async def _display_refused(self, problem: str) -> None:
+        """Answer Failed naming `problem` (the display cannot serve this client): an error."""
+        logger.warning("%s (connection #%d from %s)", problem, self.number, self.peer)
+        await self._refuse(f"x11passthrough: {problem}", Outcome.ERROR)
 
     async def _refuse(
-        self, reason: str, received: bytes, outcome: Outcome, *, reply: bytes | None = None
+        self,
+        reason: str,
+        outcome: Outcome,
+        received: bytes | None = None,
+        *,
+        reply: bytes | None = None,
     ) -> None:
-        """Answer the client with an X11 "Failed" reply (if it sent anything), then close."""
+        """Count the refusal, answer "Failed" (to `received`, else the first bytes), close."""
         if self.closed:
             return
         self._ended(outcome)  # counted now, however the refusal ends (an eviction, a stop)
+        if received is None:
+            received = await self._first_bytes()
         if received and self._owner.serving:
             if reply is None:
                 reply = failed_reply(reason, received[0])
@@ -579,10 +578,8 @@ class Connection:
         self._shared.counters.closed()
         self._owner.connection_closed(self)
         if logger.isEnabledFor(logging.DEBUG):
-            up = down = 0
-            for flow in self.flows:
-                up += flow.sent if flow.up else 0
-                down += 0 if flow.up else flow.sent
+            up = sum(flow.sent for flow in self.flows if flow.up)
+            down = sum(flow.sent for flow in self.flows if not flow.up)
             logger.debug(
                 "relay connection #%d from %s to %s ended after %.3f s, %d bytes up, "
                 "%d bytes down: %s",

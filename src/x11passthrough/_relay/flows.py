@@ -1,5 +1,5 @@
 """
-The data path: one direction of a relayed connection, copied or spliced.
+Flows: each one direction of a relayed connection, copied or spliced.
 
 A flow moves bytes from `src` to `dst` with backpressure; it reports to its
 owner (the connection) through :class:`FlowOwner` and shares the relay's :class:`Shared`,
@@ -63,11 +63,17 @@ class FlowOwner(Protocol):
 
 
 class Flow:
-    """One direction of a relayed connection: bytes from `src` to `dst`."""
+    """
+    One direction of a relayed connection: bytes from `src` to `dst`.
+
+    A splicing flow gets its `pipe` (read end, write end), counted in the relay's ledger for
+    as long as the flow holds it; the others get none.
+    """
 
     __slots__ = (
         "_accounted",
         "_activity",
+        "_capacity",
         "_conn",
         "_counters",
         "_dfd",
@@ -77,6 +83,8 @@ class Flow:
         "_high",
         "_loop",
         "_low",
+        "_pipe_r",
+        "_pipe_w",
         "_read_size",
         "_reading",
         "_sfd",
@@ -102,6 +110,7 @@ class Flow:
         *,
         up: bool,
         request_filter: RequestFilter | None = None,
+        pipe: tuple[int, int] | None = None,
     ) -> None:
         options = shared.options
         #: What the client's requests pass through (CopyFlow only; None for none).
@@ -129,6 +138,9 @@ class Flow:
         self.finished = False
         self.pending = 0
         self.sent = 0
+        self._pipe_r, self._pipe_w = (-1, -1) if pipe is None else pipe
+        #: Bytes the pipe may hold for this flow.
+        self._capacity = 0 if pipe is None else _adopt_pipe(shared, pipe, self._high)
 
     @property
     def src_role(self) -> str:
@@ -155,6 +167,9 @@ class Flow:
             self._loop.remove_writer(self._dfd)
         self.pending = 0
         self._account()
+        if self._pipe_r >= 0:
+            _release_pipe(self._shared, (self._pipe_r, self._pipe_w))
+            self._pipe_r = self._pipe_w = -1
 
     def _count(self, sent: int) -> None:
         self.sent += sent
@@ -407,7 +422,7 @@ class BodySpliceFlow(CopyFlow):
     backlog, and reads nothing more to copy until the pipe is empty, so bytes stay in order.
     """
 
-    __slots__ = ("_body", "_capacity", "_in_pipe", "_pipe_r", "_pipe_w")
+    __slots__ = ("_body", "_in_pipe")
 
     def __init__(
         self,
@@ -421,9 +436,9 @@ class BodySpliceFlow(CopyFlow):
         up: bool,
         request_filter: RequestFilter | None = None,
     ) -> None:
-        super().__init__(owner, shared, loop, src, dst, up=up, request_filter=request_filter)
-        self._pipe_r, self._pipe_w = pipe
-        self._capacity = _adopt_pipe(shared, pipe, self._high)
+        super().__init__(
+            owner, shared, loop, src, dst, up=up, request_filter=request_filter, pipe=pipe
+        )
         #: Bytes of the current request's body still to splice from `src`.
         self._body = 0
         #: Bytes in the pipe, not yet taken by `dst`.
@@ -494,30 +509,12 @@ class BodySpliceFlow(CopyFlow):
     def detach(self) -> None:
         super().detach()
         self._in_pipe = self._body = 0
-        if self._pipe_r >= 0:
-            _release_pipe(self._shared, (self._pipe_r, self._pipe_w))
-            self._pipe_r = self._pipe_w = -1
 
 
 class SpliceFlow(Flow):
-    """A direction that moves bytes with ``os.splice`` through a pipe, never into user space."""
+    """A direction that moves bytes with ``os.splice`` through its pipe, never into user space."""
 
-    __slots__ = ("_capacity", "_pipe_r", "_pipe_w")
-
-    def __init__(
-        self,
-        owner: FlowOwner,
-        shared: Shared,
-        loop: asyncio.AbstractEventLoop,
-        src: socket.socket,
-        dst: socket.socket,
-        *,
-        pipe: tuple[int, int],
-        up: bool,
-    ) -> None:
-        super().__init__(owner, shared, loop, src, dst, up=up)
-        self._pipe_r, self._pipe_w = pipe
-        self._capacity = _adopt_pipe(shared, pipe, self._high)
+    __slots__ = ()
 
     def _on_readable(self) -> None:
         pending = self.pending
@@ -561,12 +558,6 @@ class SpliceFlow(Flow):
             self._drained()
         elif self.pending <= self._low:
             self._resume()
-
-    def detach(self) -> None:
-        super().detach()
-        if self._pipe_r >= 0:
-            _release_pipe(self._shared, (self._pipe_r, self._pipe_w))
-            self._pipe_r = self._pipe_w = -1
 
 
 def _adopt_pipe(shared: Shared, pipe: tuple[int, int], high: int) -> int:

@@ -33,7 +33,7 @@ logger = logging.getLogger("x11passthrough")
 @attrs.frozen
 class Accept:
     """
-    Verdict of a setup filter: send `forward` upstream, then relay bytes unchanged.
+    Verdict of a setup filter: send `forward` to the X display, then relay bytes unchanged.
 
     Attributes:
         forward: Replaces every byte received so far: the rewritten setup request followed by
