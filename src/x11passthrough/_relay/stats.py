@@ -61,7 +61,7 @@ class Outcome(enum.Enum):
 
     #: Normally: a side closed, or the relay stopped (counted in no outcome field).
     CLOSED = "closed"
-    #: Refused before anything was forwarded (``RelayStats.rejected``).
+    #: Refused before anything was forwarded, or evicted in its setup (``RelayStats.rejected``).
     REJECTED = "rejected"
     #: Abnormally: the display unreachable, a socket failed (``RelayStats.errors``).
     ERROR = "errors"
@@ -76,8 +76,8 @@ class Counters:
     The ledger of connections: :meth:`opened` when a client is handed to a connection and
     :meth:`closed` when that closes; :meth:`count` once for how each ended (a connection
     counts its own, once, in ``Connection._ended``; the server counts a client it drops
-    before it opens, and a failed ``accept``). Nothing else changes
-    ``open``, ``total``, ``errors``, ``rejected`` or ``stalled``.
+    before it opens, and a failed ``accept``). Nothing else changes ``open``, ``total``,
+    ``errors``, ``rejected`` or ``stalled``.
     """
 
     __slots__ = (
