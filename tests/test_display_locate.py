@@ -223,7 +223,7 @@ def test_locate_reports_timeouts(tmp_path: Path) -> None:
         finally:
             for sock in queued:
                 sock.close()
-    assert f"tcp:127.0.0.1:{reservation.port}: timeout: no answer within 0.2 s" in str(info.value)
+    assert f"tcp:127.0.0.1:{reservation.port}: no answer within 0.2 s" in str(info.value)
 
 
 def test_locate_reports_unresolvable_hosts() -> None:

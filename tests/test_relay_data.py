@@ -343,8 +343,8 @@ def test_tcp_nodelay_on_every_tcp_socket(relay_factory: Callable[..., RelayThrea
             with accepted:
                 assert accepted.recv(1) == b"x"
                 (conn,) = relay.relay.connections
-                assert conn.upstream is not None
-                for sock in (conn.client, conn.upstream):
+                assert conn.display is not None
+                for sock in (conn.client, conn.display):
                     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
@@ -373,7 +373,10 @@ def test_serves_several_listeners_of_any_family(
     ("endpoint", "description"),
     [
         (Endpoint.unix("/nonexistent/x11passthrough/X0"), "no such file or directory"),
-        (Endpoint.abstract("x11passthrough-nobody-listens-here"), "connection refused"),
+        (
+            Endpoint.abstract("x11passthrough-nobody-listens-here"),
+            "connection refused (nothing listens there)",
+        ),
     ],
     ids=["missing-socket", "refused"],
 )
@@ -401,7 +404,8 @@ def test_unreachable_tcp_display_is_reported(relay_factory: Callable[..., RelayT
         client.sendall(b"l\0\x0b\0")
         reason = parse_failed(recv_all(client))
     assert reason == (
-        f"x11passthrough: cannot reach the X display at tcp:{host}:{port}: connection refused"
+        f"x11passthrough: cannot reach the X display at tcp:{host}:{port}: "
+        "connection refused (nothing listens there)"
     )
 
 

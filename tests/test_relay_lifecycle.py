@@ -24,7 +24,7 @@ import attrs
 import pytest
 
 from x11passthrough import RelayStats
-from x11passthrough._relay.options import RelayOptions
+from x11passthrough._relay.options import Listener, RelayOptions
 from x11passthrough._relay.server import Relay
 from x11passthrough._relay.thread import RelayThread
 from x11passthrough.display import Endpoint
@@ -177,7 +177,7 @@ def test_thread_start_stop_are_idempotent_and_clean_up(
     server = upstream_factory(echo)
     listener = tcp_listener()
     address = listener.getsockname()
-    relay = RelayThread([listener], server.endpoint)
+    relay = RelayThread([Listener(listener, None)], server.endpoint)
     assert not relay.serving
     relay.start()
     relay.start()
@@ -224,7 +224,7 @@ def test_busy_polling_stops_when_traffic_stops(
 
 def test_thread_start_stop_from_many_threads(upstream_factory: Callable[..., Upstream]) -> None:
     server = upstream_factory(echo)
-    relay = RelayThread([tcp_listener()], server.endpoint)
+    relay = RelayThread([Listener(tcp_listener(), None)], server.endpoint)
     barrier = threading.Barrier(8)
 
     def hammer(action: Callable[[], None]) -> None:
@@ -242,7 +242,7 @@ def test_thread_start_stop_from_many_threads(upstream_factory: Callable[..., Ups
 
 def test_stop_before_start_closes_the_listeners() -> None:
     listener = tcp_listener()
-    relay = RelayThread([listener], Endpoint.unix("/nonexistent"))
+    relay = RelayThread([Listener(listener, None)], Endpoint.unix("/nonexistent"))
     relay.stop()
     assert listener.fileno() == -1
     with pytest.raises(RelayError, match="cannot start again"):
@@ -252,7 +252,7 @@ def test_stop_before_start_closes_the_listeners() -> None:
 def test_start_fails_clearly_on_a_socket_that_does_not_listen() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    relay = RelayThread([sock], Endpoint.unix("/nonexistent"))
+    relay = RelayThread([Listener(sock, None)], Endpoint.unix("/nonexistent"))
     with pytest.raises(RelayError, match="not a listening stream socket"):
         relay.start()
     assert relay_threads() == []
@@ -264,14 +264,26 @@ def test_start_fails_clearly_on_a_closed_socket_or_a_non_socket() -> None:
     closed = tcp_listener()
     closed.close()
     with pytest.raises(RelayError, match="is closed; pass an open socket"):
-        RelayThread([closed], Endpoint.unix("/nonexistent")).start()
+        RelayThread([Listener(closed, None)], Endpoint.unix("/nonexistent")).start()
     not_a_socket: Any = "127.0.0.1:6000"
     with pytest.raises(
-        RelayError, match=re.escape("must be a socket.socket, not '127.0.0.1:6000'")
+        RelayError, match=re.escape("must be a Listener (a socket with its setup filter), not '")
     ):
         RelayThread([not_a_socket], Endpoint.unix("/nonexistent"))
-    with pytest.raises(RelayError, match="must be a list of listening sockets"):
+    with pytest.raises(RelayError, match="must be a list of Listener values"):
         RelayThread(not_a_socket, Endpoint.unix("/nonexistent"))
+
+
+def test_a_bare_socket_is_refused_with_how_to_wrap_it() -> None:
+    """The relay takes listeners only: a socket without its setup filter is a clear error."""
+    bare: Any = tcp_listener()
+    try:
+        with pytest.raises(RelayError, match=re.escape("wrap a socket as Listener(sock, None)")):
+            RelayThread([bare], Endpoint.unix("/nonexistent"))
+        with pytest.raises(RelayError, match=re.escape("pass [Listener(sock, setup_filter)]")):
+            RelayThread(bare, Endpoint.unix("/nonexistent"))
+    finally:
+        bare.close()
 
 
 def test_start_fails_clearly_without_listeners() -> None:
@@ -302,9 +314,7 @@ def test_stop_ends_connections_in_setup_and_leaks_nothing(
 ) -> None:
     """A client waiting in the setup filter is closed by stop(); its task ends quietly."""
     server = upstream_factory(echo)
-    relay = RelayThread(
-        [tcp_listener()], server.endpoint, RelayOptions(setup_filter=lambda data: None)
-    )
+    relay = RelayThread([Listener(tcp_listener(), lambda data: None)], server.endpoint)
     relay.start()
     before = open_fds()
     client = connect(relay)
@@ -356,7 +366,7 @@ def test_async_relay_runs_in_the_callers_loop(upstream_factory: Callable[..., Up
 
     async def main() -> bytes:
         loop = asyncio.get_running_loop()
-        async with Relay([listener], server.endpoint) as relay:
+        async with Relay([Listener(listener, None)], server.endpoint) as relay:
             assert relay.serving
             assert relay.loop is loop
             reader, writer = await asyncio.open_connection(*address)
@@ -374,7 +384,7 @@ def test_async_relay_runs_in_the_callers_loop(upstream_factory: Callable[..., Up
 
 def test_async_relay_cannot_restart() -> None:
     async def main() -> None:
-        relay = Relay([tcp_listener()], Endpoint.unix("/nonexistent"))
+        relay = Relay([Listener(tcp_listener(), None)], Endpoint.unix("/nonexistent"))
         await relay.start()
         await relay.start()
         await relay.stop()
@@ -392,7 +402,7 @@ def test_relay_thread_leaves_the_callers_loop_alone(
     server = upstream_factory(echo)
 
     async def main() -> None:
-        relay = RelayThread([tcp_listener()], server.endpoint)
+        relay = RelayThread([Listener(tcp_listener(), None)], server.endpoint)
         relay.start()
         try:
             inner = relay.relay

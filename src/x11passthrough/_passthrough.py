@@ -288,8 +288,8 @@ class X11Passthrough:
             return self._args
         cleanup = Cleanup()
         try:
-            session = self._prepare(cleanup, watcher)
-            relay = RelayThread(session.listeners, session.endpoint, session.relay_options)
+            assembled = self._prepare(cleanup, watcher)
+            relay = RelayThread(assembled.listeners, assembled.endpoint, assembled.relay_options)
             relay.start()
             cleanup.add("stopping the relay", relay.stop)
         except BaseException:
@@ -297,9 +297,9 @@ class X11Passthrough:
             raise
         self._relay = relay
         self._cleanup = cleanup
-        self._endpoints = tuple(session.endpoints)
-        self._args = session.args
-        return session.args
+        self._endpoints = tuple(assembled.endpoints)
+        self._args = assembled.args
+        return assembled.args
 
     def close(self) -> None:
         """
@@ -391,7 +391,7 @@ class X11Passthrough:
             raise DisplayError(
                 "DISPLAY is not set and no display was given",
                 option="display",
-                hint=("run inside an X session, or pass ", Mention("display", ":0")),
+                hint=("run it from a desktop or over ssh -X, or pass ", Mention("display", ":0")),
             )
         return DisplayName.parse(text)
 

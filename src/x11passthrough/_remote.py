@@ -373,7 +373,7 @@ class RemoteDisplay:
         if process is None:
             return
         if process.stdin is not None:
-            # The remote script's `cat` ends: it removes the directory and ends the session.
+            # The remote script's `cat` ends: it removes the directory and the SSH connection ends.
             with contextlib.suppress(OSError):
                 process.stdin.close()
         try:
@@ -465,7 +465,7 @@ def _read_own(path: Path) -> bytes:
         raise RemoteEngineError(f"cannot read {path}: {e.strerror or e}") from e
     with os.fdopen(fd, "rb") as f:
         if os.fstat(f.fileno()).st_uid != os.geteuid():
-            raise RemoteEngineError(f"{path} is not ours any more: its session was replaced")
+            raise RemoteEngineError(f"{path} is not ours any more: it was replaced")
         return f.read(1 << 20)
 
 

@@ -32,12 +32,24 @@ _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _Choice = TypeVar("_Choice", bound=str)
 
 
-def shown(value: str | bytes) -> str:
-    """Return ``repr(value)`` for a message, cut short when absurdly long (never for secrets)."""
-    if len(value) <= 80:
+def shown(value: str | bytes, *, limit: int = 80) -> str:
+    r"""
+    Quote `value` for a message, cut short when long (never for secrets).
+
+    The one way the package shows a value in an error, a log line or an X11 reply. Text (a
+    user's option) is its ``repr``, the first 60 characters of a longer one. Bytes (often a
+    peer's: an auth protocol name, an extension a client asked for) are printable ASCII in
+    single quotes, every other byte (and the quote and backslash) as ``\xNN``, so no peer can
+    forge a log line or put non-ASCII into a reply; at most `limit` of them, then ``...``.
+    """
+    if isinstance(value, bytes):
+        text = "".join(
+            chr(b) if 0x20 <= b < 0x7F and b not in b"'\\" else f"\\x{b:02x}" for b in value
+        )
+        return f"'{text[:limit]}...'" if len(text) > limit else f"'{text}'"
+    if len(value) <= limit:
         return repr(value)
-    unit = "characters" if isinstance(value, str) else "bytes"
-    return f"{value[:60]!r}... ({len(value)} {unit})"
+    return f"{value[:60]!r}... ({len(value)} characters)"
 
 
 def bad(name: str, value: object, *words: str | Mention, hint: Words = ()) -> ConfigurationError:

@@ -91,7 +91,7 @@ class _Settings:
 
 _SETTINGS = pytest.StashKey[_Settings]()
 _TMP = pytest.StashKey[pytest.TempPathFactory]()
-_SESSION_DISPLAY = pytest.StashKey[HostDisplay]()
+_RUN_DISPLAY = pytest.StashKey[HostDisplay]()
 _LENT = pytest.StashKey[list[HostDisplay]]()
 
 
@@ -265,7 +265,7 @@ def _x11passthrough_display(request: pytest.FixtureRequest) -> HostDisplay:
     """
     display = _resolve(request)
     _track(request)
-    request.config.stash[_SESSION_DISPLAY] = display
+    request.config.stash[_RUN_DISPLAY] = display
     return display
 
 
@@ -274,10 +274,10 @@ def _x11passthrough_session(
     request: pytest.FixtureRequest, x11passthrough_display: HostDisplay
 ) -> Iterator[DockerRunArgs]:
     """
-    Lend ``x11passthrough_display`` for the whole session (or xdist worker).
+    Lend ``x11passthrough_display`` for the whole test run (or xdist worker).
 
     Yields the docker-run arguments of one passthrough with the ini keys' options, closed when
-    the session ends.
+    the test run ends.
     """
     options = {
         "display": x11passthrough_display.display,
@@ -336,9 +336,9 @@ def _x11passthrough(x11passthrough_factory: Callable[..., DockerRunArgs]) -> Doc
 def _lent_displays(item: pytest.Item) -> list[HostDisplay]:
     """Return the displays `item` lent (or asked for), each once."""
     found = list(item.stash.get(_LENT, ()))
-    session = item.config.stash.get(_SESSION_DISPLAY, None)
-    if session is not None and "x11passthrough_display" in getattr(item, "fixturenames", ()):
-        found.append(session)
+    run_display = item.config.stash.get(_RUN_DISPLAY, None)
+    if run_display is not None and "x11passthrough_display" in getattr(item, "fixturenames", ()):
+        found.append(run_display)
     return list(dict.fromkeys(found))
 
 
@@ -427,7 +427,7 @@ def pytest_runtest_makereport(
     report = yield
     if call.when not in ("setup", "call") or not report.failed:
         return report
-    if _LENT not in item.stash and _SESSION_DISPLAY not in item.config.stash:
+    if _LENT not in item.stash and _RUN_DISPLAY not in item.config.stash:
         return report  # the common case, kept cheap: this test lent no display
     if not item.config.stash[_SETTINGS].screenshots:
         return report

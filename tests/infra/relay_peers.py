@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from x11passthrough import RelayStats
-from x11passthrough._relay.options import RelayOptions
+from x11passthrough._relay.options import Listener, RelayOptions
 from x11passthrough._relay.server import Relay
 from x11passthrough._relay.thread import RelayThread
 from x11passthrough._x11.gate import Accept, Reject
@@ -45,7 +45,7 @@ def tcp_listener(backlog: int = 128) -> socket.socket:
 def connect(relay: RelayThread | Relay, index: int = 0) -> socket.socket:
     """A blocking client connection to the relay's `index`-th listener."""
     inner = relay.relay if isinstance(relay, RelayThread) else relay
-    listener = inner.listeners[index]
+    listener = inner.sockets[index]
     address = listener.getsockname()
     sock = socket.socket(listener.family, socket.SOCK_STREAM)
     sock.settimeout(10)
@@ -55,7 +55,7 @@ def connect(relay: RelayThread | Relay, index: int = 0) -> socket.socket:
 
 def relay_address(relay: RelayThread | Relay, index: int = 0) -> Any:
     inner = relay.relay if isinstance(relay, RelayThread) else relay
-    return inner.listeners[index].getsockname()
+    return inner.sockets[index].getsockname()
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -259,7 +259,10 @@ def _relay_factory() -> Iterator[Callable[..., RelayThread]]:
     relays: list[RelayThread] = []
 
     def make(upstream: Endpoint, **options: Any) -> RelayThread:
-        listeners = options.pop("listeners", None) or [tcp_listener()]
+        """Options as RelayOptions takes them, plus `listeners` and their `setup_filter`."""
+        sockets = options.pop("listeners", None) or [tcp_listener()]
+        setup_filter = options.pop("setup_filter", None)
+        listeners = [s if isinstance(s, Listener) else Listener(s, setup_filter) for s in sockets]
         relay = RelayThread(listeners, upstream, RelayOptions(**options))
         relays.append(relay)
         relay.start()

@@ -6,7 +6,6 @@ Import :class:`Endpoint` from :mod:`x11passthrough.display`.
 
 from __future__ import annotations
 
-import errno
 import socket
 
 from typing import Literal
@@ -162,26 +161,3 @@ class Endpoint:
                 raise
         sock.settimeout(None)
         return sock
-
-
-def why_failed(exc: BaseException, timeout: float) -> str:
-    """Return a short human reason for a failed connect."""
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host name ({exc.strerror or exc})"
-    if isinstance(exc, TimeoutError):
-        return f"timeout: no answer within {timeout:g} s"
-    if isinstance(exc, OSError):
-        reasons = {
-            errno.ECONNREFUSED: "connection refused (nothing listens there)",
-            errno.ENOENT: "no such file",
-            errno.EACCES: "permission denied",
-            errno.EPERM: "permission denied",
-            errno.EAGAIN: "the server's listen queue is full (server busy or hung)",
-            errno.ENOTSOCK: "not a socket",
-            errno.ENETUNREACH: "network unreachable",
-            errno.EHOSTUNREACH: "host unreachable",
-        }
-        if exc.errno in reasons:
-            return reasons[exc.errno]
-        return exc.strerror or str(exc)
-    return str(exc)  # pragma: no cover - connect raises OSError only

@@ -16,8 +16,9 @@ from types import TracebackType
 
 import attrs
 
+from .._reasons import why
 from ..exceptions import DisplayNotFoundError, DisplayOwnerError, Mention
-from ._endpoint import Endpoint, why_failed
+from ._endpoint import Endpoint
 from ._name import _TRAILING_SCREEN_RE, DisplayName
 from ._owner import ownership_problem
 from ._reserve import ServerPlaces
@@ -98,7 +99,7 @@ def connect(
         try:
             sock = endpoint.connect(places.timeout)
         except OSError as e:
-            reason = why_failed(e, places.timeout)
+            reason = why(e, places.timeout)
             logger.debug("display %s: %s: %s", name, endpoint, reason)
             failures.append(f"{endpoint}: {reason}")
             continue
@@ -123,7 +124,7 @@ def connect(
     if not name.is_local:
         hint += (
             " A TCP display needs a server that listens on TCP (X.Org >= 1.17 only does so"
-            " with -listen tcp) or an SSH session with X11 forwarding."
+            " with -listen tcp) or an SSH connection with X11 forwarding (ssh -X)."
         )
     tried = "".join(f"\n  {f}" for f in failures)
     raise DisplayNotFoundError(

@@ -288,8 +288,8 @@ class DisplayName:
         if not value:
             state = "not set" if value is None else "set but empty"
             raise DisplayError(
-                f"DISPLAY is {state}, so there is no X display to use: run inside an X "
-                "session (or ssh -X), or name the display explicitly, e.g. ':0'"
+                f"DISPLAY is {state}, so there is no X display to use: run it from a desktop "
+                "or over ssh -X, or name the display explicitly, e.g. ':0'"
             )
         return cls.parse(value)
 

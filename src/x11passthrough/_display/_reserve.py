@@ -17,9 +17,9 @@ from types import TracebackType
 
 import attrs
 
+from .._reasons import why
 from .._validate import MAX_DISPLAY_NUMBER, IPAddress
 from ..exceptions import BindError, Mention, NoFreeDisplayError
-from ._endpoint import why_failed
 from ._name import X_TCP_PORT
 
 
@@ -393,7 +393,7 @@ def _abstract_in_use(path: str, timeout: float) -> str | None:
         except OSError as e:
             if e.errno in {errno.ECONNREFUSED, errno.ENOENT}:
                 return None
-            return f"abstract socket @{path}: {why_failed(e, timeout)}"
+            return f"abstract socket @{path}: {why(e, timeout)}"
     return f"abstract socket @{path} answers"
 
 

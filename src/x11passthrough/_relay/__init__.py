@@ -2,16 +2,16 @@
 The relay: forwards connections from listening sockets to an X display.
 
 Strictly private. Modules, each one concept, in the order they depend on each other:
-``options`` (RelayOptions), ``stats`` (counters, RelayStats, the shared DataPath),
-``sockets`` (helpers), ``flows`` (the copy and splice data paths), ``passing`` (a copying
-path that carries descriptors), ``shm`` (MIT-SHM granted as the X server would),
-``connection`` (one client's setup phase and flows), ``server`` (Relay: accept loop and
-lifecycle), ``thread`` (RelayThread and its busy-poll selector).
+``options`` (RelayOptions), ``stats`` (counters, RelayStats, and ``Shared``: what all
+connections share), ``sockets`` (helpers), ``flows`` (the copying and splicing directions),
+``passing`` (a copying flow that carries descriptors), ``shm`` (MIT-SHM granted as the X
+server would), ``connection`` (one client's setup phase and flows), ``server`` (Relay:
+accept loop and lifecycle), ``thread`` (RelayThread and its busy-poll selector).
 
 Design, chosen by measuring variants with ``benchmarks/bench_relay.py`` (x11perf on a 2-core
 virtual machine; times relative to a direct TCP connection to the X server):
 
-- The data path uses raw non-blocking sockets watched with ``loop.add_reader`` and
+- The flows use raw non-blocking sockets watched with ``loop.add_reader`` and
   ``loop.add_writer``, not transports or streams. A readable socket is read with one
   ``recv_into`` into a large buffer shared by the whole relay and written at once with
   ``send``; only the part the other side does not take is copied into a per-direction

@@ -2,7 +2,7 @@
 One client connection: its setup phase, its connection to the display, and its two flows.
 
 A connection reports to its server through :class:`ConnectionOwner` and
-shares the relay's :class:`~x11passthrough._relay.stats.DataPath`, so the server, the
+shares the relay's :class:`~x11passthrough._relay.stats.Shared`, so the server, the
 connection and the flows form a line, not a circle.
 """
 
@@ -19,6 +19,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._reasons import why
+from .._validate import shown
 from .._x11.gate import Accept, Reject
 from .._x11.requests import Hidden, RequestFilter
 from .._x11.wire import failed_reply
@@ -34,8 +36,8 @@ from .flows import (
 )
 from .options import SetupFilter
 from .passing import FdCopyFlow
-from .sockets import TCP_FAMILIES, close_socket, describe_error, open_pipe
-from .stats import DataPath
+from .sockets import TCP_FAMILIES, close_socket, open_pipe
+from .stats import Outcome, Shared
 
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ FIRST_BYTE_WAIT = 0.5
 #: Pause between attempts to connect to a UNIX socket whose listener's backlog is full.
 UNIX_CONNECT_RETRY = 0.01
 #: Send buffer requested for UNIX connections to the display.
-UPSTREAM_SNDBUF = 1024 * 1024
+DISPLAY_SNDBUF = 1024 * 1024
 
 _FILTER_FAILED = "x11passthrough: internal error while checking the connection setup"
 
@@ -81,11 +83,13 @@ class ConnectionOwner(Protocol):
 class Refusal(Exception):  # noqa: N818 - internal control flow, not an error to callers
     """Raised inside the setup phase to refuse a client with a "Failed" reply."""
 
-    def __init__(self, reason: str, *, reply: bytes | None = None, error: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, reply: bytes | None = None, outcome: Outcome = Outcome.REJECTED
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.reply = reply
-        self.error = error
+        self.outcome = outcome
 
 
 class Phase(enum.Enum):
@@ -102,16 +106,18 @@ class Phase(enum.Enum):
 
 
 class Connection:
-    """One client connection: its setup, its upstream connection and its two flows."""
+    """One client connection: its setup, its connection to the display and its two flows."""
 
     __slots__ = (
+        "_outcome",
         "_owner",
-        "_path",
         "_refused",
         "_setup_filter",
-        "_target",
+        "_shared",
+        "_upstream",
         "address",
         "client",
+        "display",
         "evicted",
         "flows",
         "forwarded",
@@ -124,17 +130,16 @@ class Connection:
         "source",
         "started",
         "unverified",
-        "upstream",
     )
 
     def __init__(
         self,
         owner: ConnectionOwner,
-        path: DataPath,
+        shared: Shared,
         loop: asyncio.AbstractEventLoop,
         client: socket.socket,
         *,
-        target: Endpoint,
+        upstream: Endpoint,
         setup_filter: SetupFilter | None,
         peer: str,
         source: str,
@@ -144,8 +149,8 @@ class Connection:
         refused: str | None = None,
     ) -> None:
         self._owner = owner
-        self._path = path
-        self._target = target
+        self._shared = shared
+        self._upstream = upstream
         self._setup_filter = setup_filter
         self.loop = loop
         self.client = client
@@ -158,13 +163,16 @@ class Connection:
         self.source = source
         self.evicted: str | None = None
         self.number = number
-        self.upstream: socket.socket | None = None
+        #: The connection to the X display (at `upstream`), once opened.
+        self.display: socket.socket | None = None
         self.flows: tuple[Flow, ...] = ()
         self.phase = Phase.SETUP
         self.received = b""
         self.forwarded = 0
         self.started = time.monotonic()
         self._refused: Mapping[bytes, str] = {}
+        #: How the connection ends, once decided and counted.
+        self._outcome: Outcome | None = None
 
     @property
     def closed(self) -> bool:
@@ -174,9 +182,10 @@ class Connection:
     def evict(self, reason: str) -> None:
         """Mark this pending connection dropped for `reason` (its task is then cancelled)."""
         self.evicted = reason
+        self._ended(Outcome.REJECTED)
 
     async def establish(self) -> None:
-        """Run the setup filter (if any), connect upstream and start relaying."""
+        """Run the setup filter (if any), connect to the display and start relaying."""
         owner = self._owner
         if not await self._admitted():
             return
@@ -189,16 +198,16 @@ class Connection:
             forward = verdict
         owner.setup_finished(self)
         self.phase = Phase.CONNECTING
-        opened = await self._open_upstream()
+        opened = await self._open_display()
         if opened is None:
             return
-        upstream, hidden = opened
+        display, hidden = opened
         request_filter = None
         descriptors = False
         if hidden is not None:
             attach_check = None
-            if self._path.options.shm and hidden.shm is not None:
-                hidden, attach_check = shm.decide(self.client, upstream, hidden, self.number)
+            if self._shared.options.shm and hidden.shm is not None:
+                hidden, attach_check = shm.decide(self.client, display, hidden, self.number)
                 descriptors = attach_check is not None
             self._refused = hidden.refused
             request_filter = RequestFilter(hidden, on_query=self._asked, attach_check=attach_check)
@@ -210,16 +219,16 @@ class Connection:
                 return
         if forward:
             try:
-                await self.loop.sock_sendall(upstream, forward)
+                await self.loop.sock_sendall(display, forward)
             except OSError as exc:
-                self.fail(f"X display connection failed: {describe_error(exc, 0)}")
+                self.fail(f"X display connection failed: {why(exc)}")
                 return
-            self._path.counters.bytes_up += len(forward)
+            self._shared.counters.bytes_up += len(forward)
             self.forwarded = len(forward)
         self.received = b""
-        self._start_flows(upstream, request_filter, descriptors=descriptors)
+        self._start_flows(display, request_filter, descriptors=descriptors)
 
-    async def _open_upstream(self) -> tuple[socket.socket, Hidden | None] | None:
+    async def _open_display(self) -> tuple[socket.socket, Hidden | None] | None:
         """
         Connect to the display, check the connection, and learn what to keep from the client.
 
@@ -228,36 +237,37 @@ class Connection:
         """
         owner = self._owner
         try:
-            upstream = await self._connect()
+            display = await self._connect()
         except (OSError, asyncio.TimeoutError) as exc:
             if not owner.serving:  # a cancellation that wait_for turned into a timeout
                 raise asyncio.CancelledError from exc
-            await self._unreachable(exc)
+            cause = why(exc, self._shared.options.connect_timeout)
+            await self._display_refused(f"cannot reach the X display at {self._upstream}: {cause}")
             return None
         if not owner.serving:  # stop() ran while the last await completed
-            self._close_upstream(upstream)
+            self._close_display(display)
             raise asyncio.CancelledError
-        check = self._path.options.check_upstream
-        problem = None if check is None else check(upstream)
+        check = self._shared.options.check_upstream
+        problem = None if check is None else check(display)
         if problem is None:
-            self.upstream = upstream
+            self.display = display
             hidden = await self._hidden()
             if self.closed:  # evicted while the extensions were learned
                 return None
             if not isinstance(hidden, str):
-                return upstream, hidden
+                return display, hidden
             problem = hidden
-            self.upstream = None
-        self._close_upstream(upstream)
-        await self._upstream_refused(f"x11passthrough: {problem}")
+            self.display = None
+        self._close_display(display)
+        await self._display_refused(problem)
         return None
 
     async def _hidden(self) -> Hidden | str | None:
         """Return what to keep from the client, for the server generation it reaches."""
-        source = self._path.options.hidden
+        source = self._shared.options.hidden
         if source is None or isinstance(source, Hidden):
             return source
-        # Asked once the upstream connection is up: a restarted server (new extension
+        # Asked once the connection to the display is up: a restarted server (new extension
         # numbers) accepts it only after it closed the connection that watches it.
         found = source.current()
         if found is not None:
@@ -270,8 +280,7 @@ class Connection:
     async def _admitted(self) -> bool:
         """Refuse a client whose peer or address is not admitted; tell whether it may go on."""
         if self.refused is not None:
-            self._path.counters.rejected += 1
-            await self._refuse(self.refused, await self._first_bytes())
+            await self._refuse(self.refused, Outcome.REJECTED)
             return False
         if self.unverified and not await self._owner.admits(self):
             await self._refuse_unknown()
@@ -284,15 +293,12 @@ class Connection:
         try:
             forward = await self._collect(setup_filter, received)
         except Refusal as refusal:
-            counters = self._path.counters
-            if refusal.error:
-                counters.errors += 1
-            else:
-                counters.rejected += 1
-            await self._refuse(refusal.reason, bytes(received), reply=refusal.reply)
+            await self._refuse(
+                refusal.reason, refusal.outcome, bytes(received), reply=refusal.reply
+            )
             return None
         except OSError as exc:
-            self.fail(f"client connection failed during setup: {describe_error(exc, 0)}")
+            self.fail(f"client connection failed during setup: {why(exc)}")
             return None
         except EOFError:
             self.close("the client closed the connection during setup")
@@ -309,7 +315,7 @@ class Connection:
             EOFError: The client closed its connection.
             OSError: The client connection failed.
         """
-        timeout = self._path.options.setup_timeout
+        timeout = self._shared.options.setup_timeout
         deadline = self.loop.time() + timeout
         while True:
             if not self._owner.serving or self.evicted is not None:
@@ -335,19 +341,19 @@ class Connection:
                 verdict = setup_filter(bytes(received))
             except Exception as exc:
                 logger.exception("the relay's setup filter failed")
-                raise Refusal(_FILTER_FAILED, error=True) from exc
+                raise Refusal(_FILTER_FAILED, outcome=Outcome.ERROR) from exc
             if isinstance(verdict, Accept):
                 return verdict.forward
             if isinstance(verdict, Reject):
                 raise Refusal(verdict.reason, reply=verdict.reply)
             if verdict is not None:
                 logger.error("the relay's setup filter returned %r, not a verdict", verdict)
-                raise Refusal(_FILTER_FAILED, error=True)
+                raise Refusal(_FILTER_FAILED, outcome=Outcome.ERROR)
 
     async def _connect(self) -> socket.socket:
         """Open a non-blocking connection to the display within ``connect_timeout``."""
-        timeout = self._path.options.connect_timeout
-        address = self._target.address
+        timeout = self._shared.options.connect_timeout
+        address = self._upstream.address
         if isinstance(address, str):
             return await self._connect_one(socket.AF_UNIX, 0, address, timeout)
         host, port = address
@@ -369,31 +375,30 @@ class Connection:
         self, family: int, proto: int, address: str | tuple[Any, ...], timeout: float
     ) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM, proto)
-        self._path.descriptors.socket_opened()
-        self.upstream = sock
+        self._shared.descriptors.socket_opened()
+        self.display = sock
         try:
             sock.setblocking(False)
             if family == socket.AF_UNIX:
                 # The sender's buffer limits a UNIX stream: a larger one means fewer wake-ups
                 # of the X server per large request. The kernel caps it at net.core.wmem_max.
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UPSTREAM_SNDBUF)
-            if family == socket.AF_UNIX:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, DISPLAY_SNDBUF)
                 await self._connect_unix(sock, address, timeout)
             else:
                 await asyncio.wait_for(self.loop.sock_connect(sock, address), timeout)
         except BaseException:
-            self.upstream = None
-            self._close_upstream(sock)
+            self.display = None
+            self._close_display(sock)
             raise
-        self.upstream = None
+        self.display = None
         return sock
 
-    def _close_upstream(self, sock: socket.socket | None) -> None:
-        """Close an upstream socket this connection opened, and give its descriptor back."""
+    def _close_display(self, sock: socket.socket | None) -> None:
+        """Close a display socket this connection opened, and give its descriptor back."""
         if sock is not None and sock.fileno() >= 0:
             close_socket(sock)
-            self._path.descriptors.socket_closed()
+            self._shared.descriptors.socket_closed()
 
     async def _connect_unix(
         self, sock: socket.socket, address: str | tuple[Any, ...], timeout: float
@@ -416,19 +421,11 @@ class Connection:
             else:
                 return
 
-    async def _unreachable(self, exc: BaseException) -> None:
-        reason = (
-            f"x11passthrough: cannot reach the X display at {self._target}: "
-            f"{describe_error(exc, self._path.options.connect_timeout)}"
-        )
-        await self._upstream_refused(reason)
-
     async def _refuse_unknown(self) -> None:
         """Refuse a client whose address is in no allowed network, saying how to admit it."""
-        self._path.counters.rejected += 1
         which = (
             "container networks"
-            if self._path.options.refresh_allow is not None
+            if self._shared.options.refresh_allow is not None
             else "networks the relay was told to allow"
         )
         reason = (
@@ -443,7 +440,7 @@ class Connection:
                 self.peer,
                 f" ({left_out} similar warnings left out)" if left_out else "",
             )
-        await self._refuse(reason, await self._first_bytes())
+        await self._refuse(reason, Outcome.REJECTED)
 
     async def _first_bytes(self) -> bytes:
         """Return what the client sent first (its byte order), waiting a moment for it."""
@@ -454,17 +451,25 @@ class Connection:
         except (OSError, asyncio.TimeoutError):
             return b""
 
-    async def _upstream_refused(self, reason: str) -> None:
-        """Answer Failed with `reason` (the display cannot serve this client); count an error."""
-        self._path.counters.errors += 1
-        shown = reason.removeprefix("x11passthrough: ")  # the log has its own prefix
-        logger.warning("%s (connection #%d from %s)", shown, self.number, self.peer)
-        await self._refuse(reason, await self._first_bytes())
+    async def _display_refused(self, problem: str) -> None:
+        """Answer Failed naming `problem` (the display cannot serve this client): an error."""
+        logger.warning("%s (connection #%d from %s)", problem, self.number, self.peer)
+        await self._refuse(f"x11passthrough: {problem}", Outcome.ERROR)
 
-    async def _refuse(self, reason: str, received: bytes, *, reply: bytes | None = None) -> None:
-        """Answer the client with an X11 "Failed" reply (if it sent anything), then close."""
+    async def _refuse(
+        self,
+        reason: str,
+        outcome: Outcome,
+        received: bytes | None = None,
+        *,
+        reply: bytes | None = None,
+    ) -> None:
+        """Count the refusal, answer "Failed" (to `received`, else the first bytes), close."""
         if self.closed:
             return
+        self._ended(outcome)  # counted now, however the refusal ends (an eviction, a stop)
+        if received is None:
+            received = await self._first_bytes()
         if received and self._owner.serving:
             if reply is None:
                 reply = failed_reply(reason, received[0])
@@ -480,44 +485,37 @@ class Connection:
                     )
                     if not chunk:
                         break
-        self.close(reason)
+        self.close(reason, outcome)
 
     def _start_flows(
-        self, upstream: socket.socket, request_filter: RequestFilter | None, *, descriptors: bool
+        self, display: socket.socket, request_filter: RequestFilter | None, *, descriptors: bool
     ) -> None:
         """Start both directions; with `descriptors` they carry descriptors (no splice)."""
-        path = self._path
-        options = path.options
+        shared = self._shared
+        options = shared.options
         client = self.client
         flows: list[Flow] = []
-        for src, dst, up in ((client, upstream, True), (upstream, client, False)):
+        for src, dst, up in ((client, display, True), (display, client, False)):
+            ends = (self, shared, self.loop, src, dst)
             pipe = None
             up_filter = request_filter if up else None
             if descriptors:
-                flows.append(
-                    FdCopyFlow(self, path, self.loop, src, dst, up=up, request_filter=up_filter)
-                )
+                flows.append(FdCopyFlow(*ends, up=up, request_filter=up_filter))
                 continue
             if (
                 options.splice
                 and HAVE_SPLICE
                 and src.family in TCP_FAMILIES
-                and path.descriptors.pipes < MAX_SPLICE_PIPES
+                and shared.descriptors.pipes < MAX_SPLICE_PIPES
             ):
                 pipe = open_pipe(min(options.read_size, PIPE_SIZE))
             if pipe is not None and up_filter is not None:
                 # Filtered: copied, but for the bodies of large requests (PutImage).
-                flows.append(
-                    BodySpliceFlow(
-                        self, path, self.loop, src, dst, pipe=pipe, up=up, request_filter=up_filter
-                    )
-                )
+                flows.append(BodySpliceFlow(*ends, pipe=pipe, up=up, request_filter=up_filter))
             elif pipe is not None:
-                flows.append(SpliceFlow(self, path, self.loop, src, dst, pipe=pipe, up=up))
+                flows.append(SpliceFlow(*ends, pipe=pipe, up=up))
             else:
-                flows.append(
-                    CopyFlow(self, path, self.loop, src, dst, up=up, request_filter=up_filter)
-                )
+                flows.append(CopyFlow(*ends, up=up, request_filter=up_filter))
         self.flows = tuple(flows)
         for flow in flows:
             flow.start()
@@ -525,7 +523,7 @@ class Connection:
 
     def _asked(self, name: bytes) -> None:
         """Say, once per relay, that a client asked for an extension it does not get."""
-        told = self._path.told
+        told = self._shared.told
         if name in told:
             return
         told.add(name)
@@ -534,12 +532,12 @@ class Connection:
             "get: %s",
             self.number,
             self.peer,
-            name.decode("ascii", "replace"),
+            shown(name),
             self._refused.get(name, "it is hidden"),
         )
 
     def sent_eof(self, sock: socket.socket) -> bool:
-        """Tell whether `sock` (the client or the upstream socket) sent EOF."""
+        """Tell whether `sock` (the client or the display socket) sent EOF."""
         return any(flow.eof for flow in self.flows if flow.src is sock)
 
     def flow_finished(self, flow: Flow) -> None:
@@ -549,43 +547,45 @@ class Connection:
 
     def stalled(self, flow: Flow, timeout: float) -> None:
         """Drop a client that stopped reading, before the X server buffers for it unbounded."""
-        self._path.counters.stalled += 1
         reason = (
             f"the client read nothing for {timeout:g} s with {flow.pending} bytes waiting; "
             "dropped, or the X server would buffer its replies without bound"
         )
         logger.warning("relay connection #%d from %s: %s", self.number, self.peer, reason)
-        self.close(reason)
+        self.close(reason, Outcome.STALLED)
 
     def fail(self, reason: str) -> None:
         """Close the connection and count it as an error."""
-        if not self.closed:
-            self._path.counters.errors += 1
-            self.close(reason)
+        self.close(reason, Outcome.ERROR)
 
-    def close(self, reason: str) -> None:
-        """Close both sockets now and log the connection's summary."""
+    def _ended(self, outcome: Outcome) -> None:
+        """Count how this connection ends: the one place it is counted, once (first wins)."""
+        if self._outcome is None:
+            self._outcome = outcome
+            self._shared.counters.count(outcome)
+
+    def close(self, reason: str, outcome: Outcome = Outcome.CLOSED) -> None:
+        """Close both sockets now, count how the connection ended (once), log its summary."""
         if self.closed:
             return
         self.phase = Phase.CLOSED
         for flow in self.flows:
             flow.detach()
         close_socket(self.client)
-        self._path.descriptors.socket_closed()
-        self._close_upstream(self.upstream)
-        self._path.counters.open -= 1
+        self._shared.descriptors.socket_closed()
+        self._close_display(self.display)
+        self._ended(outcome)
+        self._shared.counters.closed()
         self._owner.connection_closed(self)
         if logger.isEnabledFor(logging.DEBUG):
-            up = down = 0
-            for flow in self.flows:
-                up += flow.sent if flow.up else 0
-                down += 0 if flow.up else flow.sent
+            up = sum(flow.sent for flow in self.flows if flow.up)
+            down = sum(flow.sent for flow in self.flows if not flow.up)
             logger.debug(
                 "relay connection #%d from %s to %s ended after %.3f s, %d bytes up, "
                 "%d bytes down: %s",
                 self.number,
                 self.peer,
-                self._target,
+                self._upstream,
                 time.monotonic() - self.started,
                 up + self.forwarded,
                 down,

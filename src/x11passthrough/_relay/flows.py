@@ -1,8 +1,8 @@
 """
-The data path: one direction of a relayed connection, copied or spliced.
+Flows: each one direction of a relayed connection, copied or spliced.
 
 A flow moves bytes from `src` to `dst` with backpressure; it reports to its
-owner (the connection) through :class:`FlowOwner` and shares the relay's :class:`DataPath`,
+owner (the connection) through :class:`FlowOwner` and shares the relay's :class:`Shared`,
 so it never reaches up into the relay.
 """
 
@@ -17,8 +17,8 @@ import socket
 
 from typing import TYPE_CHECKING, Protocol
 
-from .sockets import describe_error
-from .stats import DataPath
+from .._reasons import why
+from .stats import Shared
 
 
 if TYPE_CHECKING:
@@ -63,11 +63,17 @@ class FlowOwner(Protocol):
 
 
 class Flow:
-    """One direction of a relayed connection: bytes from `src` to `dst`."""
+    """
+    One direction of a relayed connection: bytes from `src` to `dst`.
+
+    A splicing flow gets its `pipe` (read end, write end), counted in the relay's ledger for
+    as long as the flow holds it; the others get none.
+    """
 
     __slots__ = (
         "_accounted",
         "_activity",
+        "_capacity",
         "_conn",
         "_counters",
         "_dfd",
@@ -77,10 +83,12 @@ class Flow:
         "_high",
         "_loop",
         "_low",
-        "_path",
+        "_pipe_r",
+        "_pipe_w",
         "_read_size",
         "_reading",
         "_sfd",
+        "_shared",
         "_src",
         "_stall_mark",
         "_stall_timeout",
@@ -95,22 +103,23 @@ class Flow:
     def __init__(
         self,
         owner: FlowOwner,
-        path: DataPath,
+        shared: Shared,
         loop: asyncio.AbstractEventLoop,
         src: socket.socket,
         dst: socket.socket,
         *,
         up: bool,
         request_filter: RequestFilter | None = None,
+        pipe: tuple[int, int] | None = None,
     ) -> None:
-        options = path.options
+        options = shared.options
         #: What the client's requests pass through (CopyFlow only; None for none).
         self._filter = request_filter
         self._conn = owner
-        self._path = path
+        self._shared = shared
         self._loop = loop
-        self._counters = path.counters
-        self._activity = path.activity
+        self._counters = shared.counters
+        self._activity = shared.activity
         self._src = src
         self._dst = dst
         self._sfd = src.fileno()
@@ -129,6 +138,9 @@ class Flow:
         self.finished = False
         self.pending = 0
         self.sent = 0
+        self._pipe_r, self._pipe_w = (-1, -1) if pipe is None else pipe
+        #: Bytes the pipe may hold for this flow.
+        self._capacity = 0 if pipe is None else _adopt_pipe(shared, pipe, self._high)
 
     @property
     def src_role(self) -> str:
@@ -155,6 +167,9 @@ class Flow:
             self._loop.remove_writer(self._dfd)
         self.pending = 0
         self._account()
+        if self._pipe_r >= 0:
+            _release_pipe(self._shared, (self._pipe_r, self._pipe_w))
+            self._pipe_r = self._pipe_w = -1
 
     def _count(self, sent: int) -> None:
         self.sent += sent
@@ -231,7 +246,7 @@ class Flow:
             logger.warning("relay: %s", exc)
             conn.fail(f"x11passthrough: {exc}")
             return
-        reason = f"{role} connection failed: {describe_error(exc, 0)}"
+        reason = f"{role} connection failed: {why(exc)}"
         if role == self.dst_role and conn.sent_eof(self._dst):
             # A peer that sent EOF and then closed (not just half-closed) refuses what is
             # still on its way: it ended the connection, that is no error.
@@ -254,6 +269,30 @@ class Flow:
     def _on_writable(self) -> None:
         raise NotImplementedError
 
+    def _splice_in(self, pipe_w: int, room: int, held: int) -> int:
+        """
+        Move at most `room` bytes from `src` into a splice pipe (holding `held` already).
+
+        The read of both splicing flows. Returns how many bytes moved; 0 when none did and
+        the flow was dealt with: paused (the pipe has no free slot while it holds bytes: wait
+        for `dst`), failed, or at its end of stream.
+        """
+        try:
+            n = os.splice(self._sfd, pipe_w, room, flags=_SPLICE_FLAGS)
+        except _RETRY:
+            if held:
+                # The pipe ran out of slots (it counts buffers, not bytes): wait for `dst`.
+                self._pause()
+            return 0
+        except OSError as exc:
+            self._failed(exc, self.src_role)
+            return 0
+        if not n:
+            self._on_eof()
+        elif n >= BULK_READ:
+            self._activity.bulk = True
+        return n
+
 
 class CopyFlow(Flow):
     """
@@ -274,7 +313,7 @@ class CopyFlow(Flow):
     def _on_readable(self) -> None:
         pending = self.pending
         size = min(self._read_size, self._high - pending) if pending else self._read_size
-        scratch = self._path.scratch
+        scratch = self._shared.scratch
         try:
             n = self._receive(scratch, size)
         except _RETRY:
@@ -383,12 +422,12 @@ class BodySpliceFlow(CopyFlow):
     backlog, and reads nothing more to copy until the pipe is empty, so bytes stay in order.
     """
 
-    __slots__ = ("_body", "_capacity", "_in_pipe", "_pipe_r", "_pipe_w")
+    __slots__ = ("_body", "_in_pipe")
 
     def __init__(
         self,
         owner: FlowOwner,
-        path: DataPath,
+        shared: Shared,
         loop: asyncio.AbstractEventLoop,
         src: socket.socket,
         dst: socket.socket,
@@ -397,9 +436,9 @@ class BodySpliceFlow(CopyFlow):
         up: bool,
         request_filter: RequestFilter | None = None,
     ) -> None:
-        super().__init__(owner, path, loop, src, dst, up=up, request_filter=request_filter)
-        self._pipe_r, self._pipe_w = pipe
-        self._capacity = _adopt_pipe(path, pipe, self._high)
+        super().__init__(
+            owner, shared, loop, src, dst, up=up, request_filter=request_filter, pipe=pipe
+        )
         #: Bytes of the current request's body still to splice from `src`.
         self._body = 0
         #: Bytes in the pipe, not yet taken by `dst`.
@@ -407,7 +446,7 @@ class BodySpliceFlow(CopyFlow):
 
     def _on_readable(self) -> None:
         if self._body:
-            self._splice_in()
+            self._splice_body()
             return
         if self._in_pipe:  # the body's end is still in the pipe: copy nothing before it
             self._pause()
@@ -421,25 +460,14 @@ class BodySpliceFlow(CopyFlow):
             request_filter.pass_body(left)
             self._body = left
 
-    def _splice_in(self) -> None:
+    def _splice_body(self) -> None:
         room = min(self._body, self._read_size, self._capacity - self._in_pipe)
         if room <= 0:
             self._pause()
             return
-        try:
-            n = os.splice(self._sfd, self._pipe_w, room, flags=_SPLICE_FLAGS)
-        except _RETRY:
-            if self._in_pipe:
-                self._pause()  # the pipe ran out of slots: wait for `dst`
-            return
-        except OSError as exc:
-            self._failed(exc, self.src_role)
-            return
+        n = self._splice_in(self._pipe_w, room, self._in_pipe)
         if not n:
-            self._on_eof()
             return
-        if n >= BULK_READ:
-            self._activity.bulk = True
         self._body -= n
         self._in_pipe += n
         self.pending += n
@@ -481,49 +509,18 @@ class BodySpliceFlow(CopyFlow):
     def detach(self) -> None:
         super().detach()
         self._in_pipe = self._body = 0
-        if self._pipe_r >= 0:
-            _release_pipe(self._path, (self._pipe_r, self._pipe_w))
-            self._pipe_r = self._pipe_w = -1
 
 
 class SpliceFlow(Flow):
-    """A direction that moves bytes with ``os.splice`` through a pipe, never into user space."""
+    """A direction that moves bytes with ``os.splice`` through its pipe, never into user space."""
 
-    __slots__ = ("_capacity", "_pipe_r", "_pipe_w")
-
-    def __init__(
-        self,
-        owner: FlowOwner,
-        path: DataPath,
-        loop: asyncio.AbstractEventLoop,
-        src: socket.socket,
-        dst: socket.socket,
-        *,
-        pipe: tuple[int, int],
-        up: bool,
-    ) -> None:
-        super().__init__(owner, path, loop, src, dst, up=up)
-        self._pipe_r, self._pipe_w = pipe
-        self._capacity = _adopt_pipe(path, pipe, self._high)
+    __slots__ = ()
 
     def _on_readable(self) -> None:
         pending = self.pending
-        room = min(self._read_size, self._capacity - pending)
-        try:
-            n = os.splice(self._sfd, self._pipe_w, room, flags=_SPLICE_FLAGS)
-        except _RETRY:
-            if pending:
-                # The pipe ran out of slots (it counts buffers, not bytes): wait for `dst`.
-                self._pause()
-            return
-        except OSError as exc:
-            self._failed(exc, self.src_role)
-            return
+        n = self._splice_in(self._pipe_w, min(self._read_size, self._capacity - pending), pending)
         if not n:
-            self._on_eof()
             return
-        if n >= BULK_READ:
-            self._activity.bulk = True
         pending += n
         if not self._writing:
             try:
@@ -562,21 +559,15 @@ class SpliceFlow(Flow):
         elif self.pending <= self._low:
             self._resume()
 
-    def detach(self) -> None:
-        super().detach()
-        if self._pipe_r >= 0:
-            _release_pipe(self._path, (self._pipe_r, self._pipe_w))
-            self._pipe_r = self._pipe_w = -1
 
-
-def _adopt_pipe(path: DataPath, pipe: tuple[int, int], high: int) -> int:
+def _adopt_pipe(shared: Shared, pipe: tuple[int, int], high: int) -> int:
     """Count a flow's splice `pipe` in the relay's ledger; return how much the flow may fill."""
-    path.descriptors.pipe_opened()
+    shared.descriptors.pipe_opened()
     return min(fcntl.fcntl(pipe[1], fcntl.F_GETPIPE_SZ), high)
 
 
-def _release_pipe(path: DataPath, pipe: tuple[int, int]) -> None:
+def _release_pipe(shared: Shared, pipe: tuple[int, int]) -> None:
     """Close a flow's splice `pipe` and take it off the relay's ledger."""
     for fd in pipe:
         os.close(fd)
-    path.descriptors.pipe_closed()
+    shared.descriptors.pipe_closed()

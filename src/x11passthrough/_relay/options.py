@@ -47,11 +47,15 @@ DEFAULT_STALL_TIMEOUT = 0.5
 @attrs.frozen
 class Listener:
     """
-    A listening socket with a setup filter of its own (instead of the options').
+    Where a relay's clients connect: a listening socket, its setup filter, the peers it admits.
 
     Attributes:
         socket: The bound, listening stream socket.
-        setup_filter: The filter for its clients (None: relay them unchanged).
+        setup_filter: Called with all bytes a client sent so far until it returns non-None:
+            ``None`` asks for more bytes, ``Accept`` forwards its ``forward`` instead of them
+            and relays unchanged from then on, ``Reject`` sends its ``reply`` to the client
+            and closes. With a filter, nothing is forwarded and the display is not contacted
+            before Accept. None relays every client unchanged.
         peers: For a UNIX listener that others can reach and that cannot authenticate its
             clients: the uids it admits (by ``SO_PEERCRED``); any other peer is refused with
             an X11 "Failed" reply. None admits every peer.
@@ -108,11 +112,6 @@ class RelayOptions:
     How a relay treats its connections.
 
     Attributes:
-        setup_filter: Called with all bytes a client sent so far until it returns non-None:
-            ``None`` asks for more bytes, ``Accept`` forwards its ``forward`` instead of them
-            and relays unchanged from then on, ``Reject`` sends its ``reply`` to the client
-            and closes. With a filter, nothing is forwarded and the display is not contacted
-            before Accept. None relays every client unchanged.
         setup_timeout: Seconds a client has to satisfy the setup filter before it is dropped.
         connect_timeout: Seconds to wait for the display to accept a connection.
         high_water: Backlog in bytes (per connection and direction) at which the relay stops
@@ -162,7 +161,6 @@ class RelayOptions:
         ConfigurationError: An option is out of range.
     """
 
-    setup_filter: SetupFilter | None = attrs.field(default=None, eq=False)
     check_upstream: UpstreamCheck | None = attrs.field(default=None, eq=False)
     setup_timeout: float = attrs.field(default=10.0, converter=_setup_timeout)
     connect_timeout: float = attrs.field(default=5.0, converter=_connect_timeout)

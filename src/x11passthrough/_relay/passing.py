@@ -51,7 +51,7 @@ class FdCopyFlow(CopyFlow):
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 received.frombytes(data[: len(data) - len(data) % received.itemsize])
-        descriptors = self._path.descriptors
+        descriptors = self._shared.descriptors
         self._fds.extend(received)
         descriptors.passed_in(len(received))
         if flags & socket.MSG_CTRUNC:
@@ -87,7 +87,7 @@ class FdCopyFlow(CopyFlow):
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._path.descriptors.passed_on(len(fds))
+        self._shared.descriptors.passed_on(len(fds))
         fds.clear()
 
     def detach(self) -> None:

@@ -36,6 +36,7 @@ import struct
 import attrs
 
 
+#: What ``SO_PEERCRED`` fills in: pid, uid, gid (three C ints).
 _UCRED = struct.Struct("3i")
 #: Where the subordinate uid ranges of users are listed (shadow-utils' format).
 SUBUID_FILE = "/etc/subuid"
@@ -57,16 +58,28 @@ class Peer:
         return f"uid {self.uid} (pid {self.pid})" if self.pid else f"uid {self.uid}"
 
 
-def peer_of(sock: socket.socket) -> Peer | None:
-    """Return the peer of a connected UNIX socket, or None where the kernel does not say."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """
+    Return pid, uid and gid of a connected UNIX socket's peer (``SO_PEERCRED``).
+
+    None where the kernel does not say (not a UNIX socket, a system without it). Taken when
+    the peer connected, and translated into the relay's namespaces (pid 0, uid or gid
+    65534 for what is not visible there).
+    """
     if sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
         return None
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     except OSError:
         return None
-    pid, uid, _gid = _UCRED.unpack(raw)
-    return Peer(pid=pid, uid=uid)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def peer_of(sock: socket.socket) -> Peer | None:
+    """Return the peer of a connected UNIX socket, or None where the kernel does not say."""
+    found = peer_credentials(sock)
+    return None if found is None else Peer(pid=found[0], uid=found[1])
 
 
 @attrs.frozen(kw_only=True)

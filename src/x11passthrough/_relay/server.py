@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
+from .._reasons import why
 from .._validate import IPNetwork
 from ..exceptions import RelayError
 from .admission import Admission, WarnLimiter, left_out_text
@@ -21,10 +22,9 @@ from .sockets import (
     allowed,
     check_listener,
     describe_address,
-    describe_error,
     local_name,
 )
-from .stats import DataPath, RelayStats
+from .stats import Outcome, RelayStats, Shared
 
 
 if TYPE_CHECKING:
@@ -58,38 +58,40 @@ class Relay:
     ``await relay.stop()``. Synchronous code uses :class:`RelayThread`.
 
     Args:
-        listeners: Bound, listening stream sockets (any family). Once the relay is
-            constructed it owns them, and :meth:`stop` closes them.
+        listeners: Where clients connect: each a bound, listening stream socket (any family)
+            with the setup filter for its clients and the peers it admits. Once the relay
+            is constructed it owns the sockets, and :meth:`stop` closes them.
         upstream: Where the X display listens.
-        options: How connections are treated (setup filter, timeouts, buffers, allowlist).
+        options: How connections are treated (timeouts, buffers, allowlist).
 
     Raises:
-        RelayError: `listeners` is not a list of sockets.
+        RelayError: `listeners` is not a list of :class:`~.options.Listener` values.
     """
 
     def __init__(
         self,
-        listeners: Iterable[socket.socket | Listener],
+        listeners: Iterable[Listener],
         upstream: Endpoint,
         options: RelayOptions | None = None,
     ) -> None:
         if isinstance(listeners, (str, bytes, socket.socket, Listener)):
             raise RelayError(
-                f"listeners must be a list of listening sockets, not {listeners!r}; "
-                "pass [sock] for a single one"
+                f"listeners must be a list of Listener values, not {listeners!r}; "
+                "pass [Listener(sock, setup_filter)] for a single one"
             )
         self.options = options or RelayOptions()
         self._listeners: dict[socket.socket, Listener] = {}
         for listener in listeners:
-            if isinstance(listener, Listener):
-                self._listeners[listener.socket] = listener
-            elif isinstance(listener, socket.socket):
-                self._listeners[listener] = Listener(listener, self.options.setup_filter)
-            else:
-                raise RelayError(f"a relay listener must be a socket.socket, not {listener!r}")
-        self.listeners = tuple(self._listeners)
+            if not isinstance(listener, Listener):
+                raise RelayError(
+                    f"a relay listener must be a Listener (a socket with its setup filter), "
+                    f"not {listener!r}; wrap a socket as Listener(sock, None)"
+                )
+            self._listeners[listener.socket] = listener
+        #: The listening sockets (of `listeners`), in the order given.
+        self.sockets = tuple(self._listeners)
         self.upstream = upstream
-        self.path = DataPath(self.options)
+        self.shared = Shared(self.options)
         self.connections: set[Connection] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._state: Literal["new", "serving", "stopped"] = "new"
@@ -98,7 +100,7 @@ class Relay:
         self._budget_paused = False
         self.admission = Admission(self.options)
         self._warnings: dict[str, WarnLimiter] = {}
-        self.path.descriptors.budget = self.admission.budget
+        self.shared.descriptors.budget = self.admission.budget
         self.allow = self.options.allow
         self._refreshed = -REFRESH_EVERY
         self._refreshing: asyncio.Future[None] | None = None
@@ -109,7 +111,7 @@ class Relay:
     @property
     def stats(self) -> RelayStats:
         """A snapshot of the relay's counters."""
-        return self.path.counters.snapshot()
+        return self.shared.counters.snapshot()
 
     @property
     def serving(self) -> bool:
@@ -131,11 +133,11 @@ class Relay:
         if self._state == "stopped":
             raise RelayError("this relay was stopped and cannot start again; create a new one")
         loop = asyncio.get_running_loop()
-        listeners = [check_listener(listener) for listener in self.listeners]
+        listeners = [check_listener(listener) for listener in self.sockets]
         if not listeners:
             raise RelayError("a relay needs at least one listening socket")
         self.loop = loop
-        self.path.scratch = memoryview(bytearray(self.options.read_size))
+        self.shared.scratch = memoryview(bytearray(self.options.read_size))
         added: list[socket.socket] = []
         try:
             for listener in listeners:
@@ -167,7 +169,7 @@ class Relay:
         loop = self.loop if self._state == "serving" else None
         self._state = "stopped"
         if loop is not None:
-            for listener in self.listeners:
+            for listener in self.sockets:
                 if listener.fileno() >= 0 and listener not in self._paused:
                     loop.remove_reader(listener.fileno())
         self._paused.clear()
@@ -186,7 +188,7 @@ class Relay:
 
     def close_listeners(self) -> None:
         """Close every listening socket (also when the relay never started)."""
-        for listener in self.listeners:
+        for listener in self.sockets:
             listener.close()
 
     async def __aenter__(self) -> Self:
@@ -203,7 +205,7 @@ class Relay:
 
     def _on_acceptable(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
-            if not self.path.descriptors.room_for_a_client(self.admission.budget):
+            if not self.shared.descriptors.room_for_a_client(self.admission.budget):
                 victim = self.admission.oldest_pending()
                 if victim is None:
                     self._pause_for_budget(loop)
@@ -216,11 +218,11 @@ class Relay:
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                self.path.counters.errors += 1
+                self.shared.counters.count(Outcome.ERROR)
                 logger.warning(
                     "relay cannot accept a connection on %s: %s; retrying in %g s",
                     local_name(listener),
-                    describe_error(exc, 0),
+                    why(exc),
                     ACCEPT_BACKOFF,
                 )
                 self._pause_listener(loop, listener)
@@ -244,7 +246,7 @@ class Relay:
         if self._budget_paused:
             return
         self._budget_paused = True
-        for listener in self.listeners:
+        for listener in self.sockets:
             if listener.fileno() >= 0 and listener not in self._paused:
                 loop.remove_reader(listener.fileno())
         logger.warning(
@@ -257,23 +259,22 @@ class Relay:
         loop = self.loop
         if not self._budget_paused or loop is None or self._state != "serving":
             return
-        if not self.path.descriptors.room_for_a_client(self.admission.budget):
+        if not self.shared.descriptors.room_for_a_client(self.admission.budget):
             return
         self._budget_paused = False
-        for listener in self.listeners:
+        for listener in self.sockets:
             if listener.fileno() >= 0 and listener not in self._paused:
                 loop.add_reader(listener.fileno(), self._on_acceptable, loop, listener)
 
     def _evict(self, connection: Connection, reason: str) -> None:
         """Drop a pending connection now (its setup phase is cancelled)."""
         self.admission.done(connection)
-        self.path.counters.rejected += 1
         connection.evict(reason)
         task = self._tasks.get(connection)
         if task is not None:
             task.cancel()
         else:  # pragma: no cover - every connection gets its task at once
-            connection.close(reason)
+            connection.close(reason, Outcome.REJECTED)
 
     def _admit(
         self,
@@ -289,7 +290,7 @@ class Relay:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             # The client is already gone (reset before we looked at it).
-            self.path.counters.errors += 1
+            self.shared.counters.count(Outcome.ERROR)
             client.close()
             return
         peer_uid = None
@@ -305,13 +306,11 @@ class Relay:
         if victim is not None:
             self._evict(victim, "too many connections of this source are in their setup")
         if not admit:
-            self.path.counters.rejected += 1
+            self.shared.counters.count(Outcome.REJECTED)
             client.close()
             return
-        counters = self.path.counters
-        counters.open += 1
-        counters.total += 1
-        self.path.descriptors.socket_opened()
+        number = self.shared.counters.opened()
+        self.shared.descriptors.socket_opened()
         peer = describe_address(client, address)
         peers = listener.peers
         refused = None
@@ -319,14 +318,14 @@ class Relay:
             refused = self._refuse_peer(source, peer_uid, listener.socket, peers)
         conn = Connection(
             self,
-            self.path,
+            self.shared,
             loop,
             client,
-            target=self.upstream,
+            upstream=self.upstream,
             setup_filter=listener.setup_filter,
             peer=peer,
             source=source,
-            number=counters.total,
+            number=number,
             address=address,
             unverified=unverified,
             refused=refused,
@@ -403,9 +402,10 @@ class Relay:
         try:
             await conn.establish()
         except asyncio.CancelledError:
-            if conn.evicted is not None and self._state == "serving":
-                conn.close(conn.evicted)  # only this connection ends
-                return
+            if conn.evicted is not None:
+                conn.close(conn.evicted, Outcome.REJECTED)
+                if self._state == "serving":
+                    return  # only this connection ends
             conn.close("the relay stopped")
             raise
         except Exception as exc:  # pragma: no cover - a bug; keep serving the others

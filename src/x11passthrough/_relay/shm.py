@@ -10,9 +10,9 @@ relay therefore:
 * offers MIT-SHM to a client only when it has established that the client shares the X
   server's IPC namespace: the client's pid from ``SO_PEERCRED`` on the relay's UNIX socket
   (a container's host pid, as the relay runs in the host's pid namespace), its
-  ``/proc/PID/ns/ipc`` against the server's (the server's pid from ``SO_PEERCRED`` on the
-  upstream socket) and the relay's own (where it reads the segments' permissions). Anything
-  it cannot read or compare (TCP, a pid it cannot see, a ``/proc`` link it may not read)
+  ``/proc/PID/ns/ipc`` against the server's (the server's pid from ``SO_PEERCRED`` on its
+  connection to the display) and the relay's own (where it reads the segments' permissions).
+  Anything it cannot read or compare (TCP, a pid it cannot see, a ``/proc`` link it may not read)
   keeps MIT-SHM hidden: fail closed;
 * checks every ``ShmAttach`` against the segment's owner, creator and mode
   (``/proc/sysvipc/shm``, which lists every segment of the relay's IPC namespace whatever
@@ -38,17 +38,15 @@ import os
 import signal
 import socket
 import stat
-import struct
 
 from collections.abc import Callable
 
 import attrs
 
 from .._x11.requests import Hidden
+from .peers import peer_credentials
 
 
-#: What ``SO_PEERCRED`` fills in: pid, uid, gid (three C ints).
-_UCRED = struct.Struct("3i")
 logger = logging.getLogger("x11passthrough")
 
 #: ``SO_PEERPIDFD`` (Linux 6.5; Python 3.11's socket module does not name it).
@@ -80,15 +78,12 @@ class Segment:
     cgid: int
 
 
-def peer_credentials(sock: socket.socket) -> Credentials | None:
+def credentials_of(sock: socket.socket) -> Credentials | None:
     """Return the credentials of `sock`'s peer (a UNIX socket), or None where none are known."""
-    if sock.family != socket.AF_UNIX:
+    found = peer_credentials(sock)
+    if found is None:
         return None
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    except OSError:
-        return None
-    pid, uid, gid = _UCRED.unpack(raw)
+    pid, uid, gid = found
     if pid <= 0 or uid < 0 or gid < 0:
         return None  # not visible from the relay's namespaces
     return Credentials(pid=pid, uid=uid, gid=gid)
@@ -190,27 +185,27 @@ class Grant:
 
 
 def grant(  # noqa: PLR0911 - one reason per fact that cannot be established
-    client: socket.socket, upstream: socket.socket
+    client: socket.socket, display: socket.socket
 ) -> Grant | str:
     """
-    Decide whether `client` may use MIT-SHM through the relay's `upstream` connection.
+    Decide whether `client` may use MIT-SHM through the relay's connection to the `display`.
 
     Returns:
         The grant, or why not (for the log).
     """
-    if client.family != socket.AF_UNIX or upstream.family != socket.AF_UNIX:
+    if client.family != socket.AF_UNIX or display.family != socket.AF_UNIX:
         return "shared memory and descriptors need UNIX sockets on both sides of the relay"
-    who = peer_credentials(client)
+    who = credentials_of(client)
     if who is None:
         return "the relay cannot see the client's process (SO_PEERCRED)"
-    server = peer_credentials(upstream)
+    server = credentials_of(display)
     if server is None:
         return "the relay cannot see the X server's process (SO_PEERCRED)"
     mine = ipc_namespace("self")
     theirs = peer_ipc_namespace(client, who.pid)
     if theirs is None:
         return f"the relay may not read the client's IPC namespace (/proc/{who.pid}/ns/ipc)"
-    servers = peer_ipc_namespace(upstream, server.pid)
+    servers = peer_ipc_namespace(display, server.pid)
     if mine is None or servers is None:
         return "the relay may not read the X server's IPC namespace"
     if theirs != servers:
@@ -224,14 +219,14 @@ def grant(  # noqa: PLR0911 - one reason per fact that cannot be established
 
 
 def decide(
-    client: socket.socket, upstream: socket.socket, hidden: Hidden, number: int
+    client: socket.socket, display: socket.socket, hidden: Hidden, number: int
 ) -> tuple[Hidden, AttachCheck | None]:
     """
     Return what connection `number` keeps from its client, and its attach check if granted.
 
     Granted: MIT-SHM offered, each ``ShmAttach`` checked. Not granted: hidden, with why.
     """
-    granted = grant(client, upstream)
+    granted = grant(client, display)
     if isinstance(granted, str):
         return hidden.refusing_shm(granted), None
     logger.debug(

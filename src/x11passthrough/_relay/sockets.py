@@ -1,8 +1,7 @@
-"""Socket helpers of the relay: descriptions for logs, careful closing, checks of listeners."""
+"""Socket helpers of the relay: addresses for logs, careful closing, checks of listeners."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import ipaddress
@@ -27,19 +26,6 @@ def allowed(client: socket.socket, address: object, allow: tuple[IPNetwork, ...]
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip in net for net in allow)
-
-
-def describe_error(exc: BaseException, timeout: float) -> str:
-    """Return a short, lower-case description of a connection failure."""
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return f"no answer within {timeout:g} s"
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, socket.gaierror) and exc.strerror:
-        text = exc.strerror
-    elif isinstance(exc, OSError) and exc.errno:
-        # asyncio replaces strerror with its own words ("Connect call failed ...").
-        text = os.strerror(exc.errno)
-    return text[:1].lower() + text[1:]
 
 
 def describe_address(sock: socket.socket, peer: object) -> str:

@@ -1,10 +1,12 @@
 """
-The relay's counters, the snapshot users see, and the state its data path shares.
+The relay's counters, the snapshot users see, and the state all its connections share.
 
 Import :class:`RelayStats` from :mod:`x11passthrough`.
 """
 
 from __future__ import annotations
+
+import enum
 
 import attrs
 
@@ -54,8 +56,29 @@ class Activity:
         self.bulk = False
 
 
+class Outcome(enum.Enum):
+    """How a client connection ended, as :class:`RelayStats` counts it."""
+
+    #: Normally: a side closed, or the relay stopped (counted in no outcome field).
+    CLOSED = "closed"
+    #: Refused before anything was forwarded, or evicted in its setup (``RelayStats.rejected``).
+    REJECTED = "rejected"
+    #: Abnormally: the display unreachable, a socket failed (``RelayStats.errors``).
+    ERROR = "errors"
+    #: Dropped for not reading its replies (``RelayStats.stalled``).
+    STALLED = "stalled"
+
+
 class Counters:
-    """The mutable counters behind :class:`RelayStats` (updated on the event loop only)."""
+    """
+    The mutable counters behind :class:`RelayStats` (updated on the event loop only).
+
+    The ledger of connections: :meth:`opened` when a client is handed to a connection and
+    :meth:`closed` when that closes; :meth:`count` once for how each ended (a connection
+    counts its own, once, in ``Connection._ended``; the server counts a client it drops
+    before it opens, and a failed ``accept``). Nothing else changes ``open``, ``total``,
+    ``errors``, ``rejected`` or ``stalled``.
+    """
 
     __slots__ = (
         "buffered",
@@ -72,6 +95,25 @@ class Counters:
     def __init__(self) -> None:
         self.open = self.total = self.errors = self.rejected = self.stalled = 0
         self.bytes_up = self.bytes_down = self.buffered = self.buffered_peak = 0
+
+    def opened(self) -> int:
+        """Count a client connection that is now open; return its number."""
+        self.open += 1
+        self.total += 1
+        return self.total
+
+    def closed(self) -> None:
+        """Count an open connection that closed."""
+        self.open -= 1
+
+    def count(self, outcome: Outcome) -> None:
+        """Count an ending by its outcome (a normal one counts nowhere)."""
+        if outcome is Outcome.REJECTED:
+            self.rejected += 1
+        elif outcome is Outcome.ERROR:
+            self.errors += 1
+        elif outcome is Outcome.STALLED:
+            self.stalled += 1
 
     def snapshot(self) -> RelayStats:
         return RelayStats(
@@ -147,7 +189,7 @@ class Descriptors:
         return self.in_use + self.PER_CLIENT <= budget
 
 
-class DataPath:
+class Shared:
     """
     What every connection of one relay shares: options, counters, the read buffer, pipes.
 

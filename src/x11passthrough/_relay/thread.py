@@ -7,7 +7,6 @@ import concurrent.futures
 import contextlib
 import logging
 import selectors
-import socket
 import threading
 import time
 
@@ -79,19 +78,20 @@ class RelayThread:
     and idempotent; use it as a context manager to pair them.
 
     Args:
-        listeners: Bound, listening stream sockets (see :class:`Relay`); closed by
-            :meth:`stop`, even if the relay never started.
+        listeners: Where clients connect: listening sockets with their setup filters (see
+            :class:`Relay`); the sockets are closed by :meth:`stop`, even if the relay never
+            started.
         upstream: Where the X display listens.
         options: See :class:`Relay`; the setup filter runs on the relay's thread, and
             ``busy_poll`` applies (the thread owns its event loop).
 
     Raises:
-        RelayError: `listeners` is not a list of sockets.
+        RelayError: `listeners` is not a list of :class:`~.options.Listener` values.
     """
 
     def __init__(
         self,
-        listeners: Iterable[socket.socket | Listener],
+        listeners: Iterable[Listener],
         upstream: Endpoint,
         options: RelayOptions | None = None,
     ) -> None:
@@ -191,7 +191,7 @@ class RelayThread:
         selector = None
         busy_poll = self.relay.options.busy_poll
         if busy_poll:
-            selector = BusyPollSelector(busy_poll, self.relay.path.activity)
+            selector = BusyPollSelector(busy_poll, self.relay.shared.activity)
         loop = asyncio.SelectorEventLoop(selector)
         try:
             loop.run_until_complete(self._serve(loop, ready))

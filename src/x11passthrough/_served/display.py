@@ -437,8 +437,8 @@ class ServedDisplay:
         text = os.environ.get("DISPLAY")
         if not text:
             raise DisplayError(
-                "DISPLAY is not set and no display was given: run inside an X session, or pass "
-                "ServedDisplay(name, display=':0')"
+                "DISPLAY is not set and no display was given: run it from a desktop or over "
+                "ssh -X, or pass ServedDisplay(name, display=':0')"
             )
         return DisplayName.parse(text)
 

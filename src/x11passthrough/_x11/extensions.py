@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from .._validate import shown
 from ..exceptions import X11SetupError
 from .requests import (
     BIG_REQUESTS,
@@ -114,8 +115,7 @@ def learn_extensions(sock: socket.socket, *, timeout: float) -> ServerExtensions
             head, _ = reader.packet()
             if head[0] != _REPLY:
                 raise X11SetupError(
-                    f"the X server answered QueryExtension({name.decode(errors='replace')}) "
-                    f"with a packet {head[0]}"
+                    f"the X server answered QueryExtension({shown(name)}) with a packet {head[0]}"
                 )
             if head[8]:
                 majors[name] = head[9]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import attrs
 
+from .._validate import shown
 from ..exceptions import X11SetupError
 from .wire import (
     MAX_AUTH_DATA_LENGTH,
@@ -22,7 +23,7 @@ from .wire import (
     MIT_MAGIC_COOKIE_1,
     SetupRequest,
     failed_reply,
-    hidden,
+    secret_repr,
 )
 
 
@@ -32,7 +33,7 @@ logger = logging.getLogger("x11passthrough")
 @attrs.frozen
 class Accept:
     """
-    Verdict of a setup filter: send `forward` upstream, then relay bytes unchanged.
+    Verdict of a setup filter: send `forward` to the X display, then relay bytes unchanged.
 
     Attributes:
         forward: Replaces every byte received so far: the rewritten setup request followed by
@@ -63,15 +64,8 @@ _NO_AUTH = (
     _REASON_PREFIX + "no authorization: this display needs the session cookie (set XAUTHORITY)"
 )
 _INTERNAL = _REASON_PREFIX + "internal error while checking the setup message"
+#: Most characters of an untrusted protocol name shown in a reason.
 _SHOWN_NAME_MAX = 40
-
-
-def _show_name(name: bytes) -> str:
-    """Quote an untrusted protocol name for a reason text: printable ASCII, bounded."""
-    text = "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x27 else f"\\x{b:02x}" for b in name)
-    if len(text) > _SHOWN_NAME_MAX:
-        text = text[:_SHOWN_NAME_MAX] + "..."
-    return f"'{text}'"
 
 
 def _validate_cookie_pair(name: bytes, data: bytes, *, what: str, required: bool) -> None:
@@ -119,9 +113,9 @@ class CookieGate:
         X11SetupError: A name or cookie is empty where it must not be, or too long.
     """
 
-    expected_data: bytes = attrs.field(repr=hidden)
+    expected_data: bytes = attrs.field(repr=secret_repr)
     replacement_name: bytes
-    replacement_data: bytes = attrs.field(repr=hidden)
+    replacement_data: bytes = attrs.field(repr=secret_repr)
     expected_name: bytes = MIT_MAGIC_COOKIE_1
     admit_without_auth: bool = False
 
@@ -172,10 +166,10 @@ class CookieGate:
         if not request.auth_name and not request.auth_data:
             return self._reject(_NO_AUTH, request.byte_order)
         if not name_ok:
-            expected = _show_name(self.expected_name)
-            shown = _show_name(request.auth_name)
+            expected = shown(self.expected_name, limit=_SHOWN_NAME_MAX)
+            named = shown(request.auth_name, limit=_SHOWN_NAME_MAX)
             return self._reject(
-                f"{_REASON_PREFIX}unsupported authorization protocol {shown} "
+                f"{_REASON_PREFIX}unsupported authorization protocol {named} "
                 f"(only {expected} is accepted)",
                 request.byte_order,
             )
@@ -204,7 +198,7 @@ class LiveCookieGate:
             authorization), or a reason text to refuse with while the display is gone.
     """
 
-    expected_data: bytes = attrs.field(repr=hidden)
+    expected_data: bytes = attrs.field(repr=secret_repr)
     present: Callable[[], tuple[bytes, bytes] | str] = attrs.field(repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:

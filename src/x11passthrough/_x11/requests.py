@@ -81,17 +81,17 @@ sends it without having found MIT-SHM.
 
 ``ListExtensions`` still names the hidden extensions: the filter sees only the client's
 direction, and finding that reply in the server's direction would mean framing every reply,
-event and error there too, on the path that carries the large ``GetImage`` replies, and giving
+event and error there too, in the direction that carries the large ``GetImage`` replies, and giving
 up ``splice`` on it. No client uses an extension it did not ``QueryExtension`` (libxcb and Xlib
 ask by name), so ``xdpyinfo`` lists MIT-SHM and reports it absent, and ``doctor`` says exactly
 that.
 
 Cost: ``feed`` reads two bytes per request with no call and looks the major up in a 256-entry
-table, so only ``QueryExtension`` and ``BigReqEnable`` take a slower path. Measured (best of 25
+table, so only ``QueryExtension`` and ``BigReqEnable`` take a slower branch. Measured (best of 25
 runs of 64 KiB of pipelined 16-byte requests, CPython 3.11, the shared 2-core VM): 108 MB/s
 (6.7 M requests/s), against 68 MB/s for the filter it replaced; a 64 KiB request costs one
 header read either way. The checks for re-executed requests are two more table reads on the
-big path only: 16-byte requests in big form (which no client sends) 62 -> 54 MB/s; small
+big-request branch only: 16-byte requests in big form (which no client sends) 62 -> 54 MB/s; small
 ones unchanged (110 MB/s); XVideo's minors are read for XVideo requests only.
 """
 
@@ -354,7 +354,7 @@ class RequestFilter:
         #: of the last one.
         self.requests = 0
 
-    def feed(  # noqa: PLR0912, PLR0915 - one loop, no calls: the relay's hot path
+    def feed(  # noqa: PLR0912, PLR0915 - one loop, no calls: run for every request
         self, data: bytearray | memoryview
     ) -> bytearray | memoryview:
         """

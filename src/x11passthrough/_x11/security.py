@@ -14,7 +14,7 @@ import Xlib.error
 import Xlib.ext.security
 
 from ..exceptions import Mention, SecurityExtensionError, X11SetupError
-from .wire import MIT_MAGIC_COOKIE_1, hidden
+from .wire import MIT_MAGIC_COOKIE_1, secret_repr
 from .xlib import deadline
 
 
@@ -28,7 +28,7 @@ class UntrustedCookie:
     """An MIT-MAGIC-COOKIE-1 the X server issued for untrusted clients."""
 
     authid: int
-    data: bytes = attrs.field(repr=hidden)
+    data: bytes = attrs.field(repr=secret_repr)
 
 
 class SecurityClient:

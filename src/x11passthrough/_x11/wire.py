@@ -115,7 +115,7 @@ def _validate_data(_instance: object, _attribute: object, value: bytes) -> None:
     _check_lengths(0, len(value))
 
 
-def hidden(value: bytes) -> str:
+def secret_repr(value: bytes) -> str:
     """Show a secret by its length only."""
     return f"<{len(value)} bytes hidden>"
 
@@ -145,7 +145,7 @@ class SetupRequest:
     major: int = attrs.field(default=11, validator=_validate_version)
     minor: int = attrs.field(default=0, validator=_validate_version)
     auth_name: bytes = attrs.field(default=b"", validator=_validate_name)
-    auth_data: bytes = attrs.field(default=b"", validator=_validate_data, repr=hidden)
+    auth_data: bytes = attrs.field(default=b"", validator=_validate_data, repr=secret_repr)
 
     @property
     def size(self) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import attrs
 
 from .._validate import shown
-from .._x11.wire import hidden
+from .._x11.wire import secret_repr
 from ..exceptions import XauthorityError
 
 
@@ -169,7 +169,7 @@ class XauthEntry:
     address: bytes = attrs.field(validator=_check_bytes)
     number: bytes = attrs.field(converter=_entry_number, validator=_check_bytes)
     name: bytes = attrs.field(converter=_entry_name, validator=_check_bytes)
-    data: bytes = attrs.field(validator=_check_bytes, repr=hidden)
+    data: bytes = attrs.field(validator=_check_bytes, repr=secret_repr)
 
 
 def damage_message(intact: int, size: int) -> str:
