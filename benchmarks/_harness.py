@@ -313,6 +313,25 @@ def start_socat(
     return forwarder
 
 
+def start_floor(name: str, listen: Path, upstream: str, *, cpuset: str | None) -> Forwarder:
+    """Start ``_floor_relay.py`` on the UNIX socket `listen`; return it once it accepts."""
+    process = subprocess.Popen(
+        [sys.executable, str(BENCHMARKS / "_floor_relay.py"), str(listen), upstream],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
+    forwarder = Forwarder(name, process, relay=False)
+    deadline = time.monotonic() + 10
+    while not listen.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            forwarder.stop()
+            raise BenchError(f"{name}: the floor relay did not come up ({listen})")
+        time.sleep(0.02)
+    pin(process.pid, cpuset)
+    return forwarder
+
+
 def tcp_listening(port: int) -> Callable[[], bool]:
     """A readiness test: something accepts connections on 127.0.0.1:`port`."""
 

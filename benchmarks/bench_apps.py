@@ -16,19 +16,24 @@ counting what it draws after a second of warm-up:
 - ``tk``: a tkinter canvas of 200 items moved every frame;
 - ``mpv``: ``mpv --vo=x11 --untimed`` on a generated 640x480 clip;
 - ``xterm``: xterm printing a large file (MB a second);
-- ``putimage`` and ``shmput``: ``x11perf -putimage500`` and ``-shmput500`` (operations a
-  second; ``shmput`` needs MIT-SHM and shows ``-`` where the client does not get it).
+- ``putimage``, ``getimage`` and ``shmput``: ``x11perf -putimage500``, ``-getimage500`` and
+  ``-shmput500`` (operations a second; ``shmput`` needs MIT-SHM and shows ``-`` where the
+  client does not get it).
 
 The paths (:data:`PATHS`; one line each), against the same Xvfb:
 
 - ``bare``: the X server's socket and cookie mounted into the container (the reference);
 - ``bare-ipc-host``: the same with ``--ipc host``, so that System V shared memory works;
 - ``relay``: ``with X11Passthrough()``, the defaults (UNIX socket, session cookie);
-- ``relay-shm``: ``X11Passthrough(shm=True)``, skipped with a note where the installed
+- ``relay-shm``: ``X11Passthrough(shm=True, display_range=range(1, 10))`` (mpv uses MIT-SHM
+  only on a display numbered below 10), skipped with a note where the installed
   X11Passthrough has no ``shm`` parameter;
 - ``relay-tcp``: ``X11Passthrough(transport="tcp")``;
 - ``socat``: ``socat TCP-LISTEN:P,reuseaddr,fork,bind=0.0.0.0 UNIX-CONNECT:...`` exactly as
-  BeeWare Briefcase runs it.
+  BeeWare Briefcase runs it;
+- ``floor``: ``_floor_relay.py``, two threads per connection that only ``recv_into`` and
+  ``sendall``, its UNIX socket mounted like the relay's: no filter, no checks, no limits, so
+  about the best any relay in one more process can do here (a reference, not a product).
 
 Every round runs each application through every path in turn, the order of the paths rotated
 each round. Reported per application and path: the median rate, its spread over the rounds,
@@ -93,6 +98,7 @@ APPS: Mapping[str, App] = MappingProxyType(
         "mpv": App("mpv --vo=x11", ("python3", "/bench/mpv_clip.py"), "fps"),
         "xterm": App("xterm printing a file", ("python3", "/bench/xterm_flood.py"), "MB/s"),
         "putimage": App("x11perf PutImage 500x500", ("-putimage500",), "ops/s", x11perf=True),
+        "getimage": App("x11perf GetImage 500x500", ("-getimage500",), "ops/s", x11perf=True),
         "shmput": App("x11perf ShmPutImage 500x500", ("-shmput500",), "ops/s", x11perf=True),
     }
 )
@@ -104,7 +110,7 @@ class PathSpec:
 
     name: str
     what: str
-    kind: str  # "bare", "relay" or "socat"
+    kind: str  # "bare", "relay", "socat" or "floor"
     #: More docker-run arguments for the container.
     run_args: tuple[str, ...] = ()
     #: Keyword arguments of X11Passthrough (relay paths).
@@ -115,11 +121,17 @@ PATHS: tuple[PathSpec, ...] = (
     PathSpec("bare", "the X server's socket and cookie mounted", "bare"),
     PathSpec("bare-ipc-host", "the same, `--ipc host`", "bare", run_args=("--ipc", "host")),
     PathSpec("relay", "`with X11Passthrough()`", "relay"),
-    PathSpec("relay-shm", "`X11Passthrough(shm=True)`", "relay", options={"shm": True}),
+    PathSpec(
+        "relay-shm",
+        "`X11Passthrough(shm=True, display_range=range(1, 10))`",
+        "relay",
+        options={"shm": True, "display_range": [1, 2, 3, 4, 5, 6, 7, 8, 9]},
+    ),
     PathSpec(
         "relay-tcp", '`X11Passthrough(transport="tcp")`', "relay", options={"transport": "tcp"}
     ),
     PathSpec("socat", "socat TCP-LISTEN, as Briefcase runs it", "socat"),
+    PathSpec("floor", "the least a relay does: `_floor_relay.py`, mounted", "floor"),
 )
 REFERENCE = "bare"
 #: The reference of an application that gets nothing done on ``bare`` (mpv stalls there, and
@@ -200,7 +212,8 @@ def _make_routes(
     bench = ["--volume", f"{CLIENTS}:/bench:ro", "--env", "XDG_RUNTIME_DIR=/tmp"]
     authority = workdir / "client.xauth"
     socat_number = h.free_display({server.number}, start=server.number + 1)
-    numbers.append(socat_number)
+    floor_number = h.free_display({server.number, socat_number}, start=socat_number + 1)
+    numbers += [socat_number, floor_number]
     h.wild_authority(authority, numbers, server.cookie)
     mounted = ["--env", f"XAUTHORITY={XAUTHORITY}", "--volume", f"{authority}:{XAUTHORITY}:ro"]
     for spec in specs:
@@ -221,6 +234,15 @@ def _make_routes(
             forwarders.append(forwarder)
             display = f"{h.docker0_address()}:{socat_number}"
             args = ["--env", f"DISPLAY={display}", *mounted]
+        elif spec.kind == "floor":
+            listen = workdir / f"X{floor_number}"
+            forwarder = h.start_floor(
+                spec.name, listen, str(server.socket), cpuset=containers.cpuset
+            )
+            forwarders.append(forwarder)
+            display = f":{floor_number}"
+            args = ["--env", f"DISPLAY={display}", *mounted]
+            args += ["--volume", f"{listen}:/tmp/.X11-unix/X{floor_number}"]
         else:
             missing = unsupported(spec)
             if missing:
