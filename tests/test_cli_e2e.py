@@ -159,7 +159,18 @@ def test_doctor_runs_a_probe_container(xvfb: XServer, x11_image: str) -> None:
     result = cli("doctor", "--image", x11_image, env=xvfb.env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok    container  " in result.stdout
-    assert "probe: The X.Org Foundation, screen 1024x768" in " ".join(result.stdout.split())
+    said = " ".join(result.stdout.split())
+    assert "probe: The X.Org Foundation, screen 1024x768, MIT-SHM hidden" in said
+
+
+def test_doctor_says_whether_the_container_gets_shared_memory(
+    xvfb: XServer, x11_image: str
+) -> None:
+    """--shm yes runs the probe with --ipc host: the container itself finds MIT-SHM."""
+    result = cli("doctor", "--shm", "yes", "--image", x11_image, env=xvfb.env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = " ".join(result.stdout.split())
+    assert "probe: The X.Org Foundation, screen 1024x768, MIT-SHM granted" in said
 
 
 def test_doctor_without_an_engine(xvfb: XServer, x11_image: str) -> None:

@@ -144,7 +144,8 @@ def test_the_shipped_probe_runs_as_a_program_against_the_relay(
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout == (
-            f"probe: The X.Org Foundation, screen 1024x768, display tcp/127.0.0.1:{number}\n"
+            "probe: The X.Org Foundation, screen 1024x768, MIT-SHM hidden, "
+            f"display tcp/127.0.0.1:{number}\n"
         )
         refused = subprocess.run(
             [sys.executable, "-I", str(probe)],

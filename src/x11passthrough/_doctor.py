@@ -432,11 +432,9 @@ def _server_step(report: Report, args: DockerRunArgs, endpoint: Endpoint) -> Non
         )
         if hidden:
             # ListExtensions (xdpyinfo's list) still names them; QueryExtension, which every
-            # client asks before it uses one, finds none.
-            text += (
-                f" ({' and '.join(hidden)} listed, but QueryExtension reports them absent to "
-                "containers)"
-            )
+            # client asks before it uses one, finds none for this connection. Whether a
+            # container gets MIT-SHM depends on its IPC namespace: the probe's line says.
+            text += f" ({' and '.join(hidden)} listed, but QueryExtension reports them absent)"
         report.line("ok", "server", text)
     finally:
         display.close()

@@ -4,8 +4,9 @@ The probe ``doctor --image`` runs inside an image: an X client of the standard l
 It is shipped as package data and run by the image's own ``python3`` (3.7 or later), so it
 imports nothing but the standard library and nothing of this package. It connects as an X
 client of the image would (``DISPLAY``, ``XAUTHORITY``), makes the connection setup with the
-MIT cookie for that display, and prints the server's vendor and screen; it exits with a
-message when the display refuses or closes the connection.
+MIT cookie for that display, and prints the server's vendor and screen and whether the
+client gets MIT-SHM (shared memory); it exits with a message when the display refuses or
+closes the connection.
 """
 
 from __future__ import annotations
@@ -97,6 +98,26 @@ def setup(sock: socket.socket, name: bytes, cookie: bytes) -> str:
     return f"{vendor}, screen {width}x{height}"
 
 
+def has_extension(sock: socket.socket, name: bytes) -> bool:
+    """
+    Ask ``QueryExtension(name)`` on a connection set up in LSB-first order.
+
+    Raises:
+        ConnectionError: The display closed the connection, or answered with no reply.
+    """
+    padded = name + b"\0" * (-len(name) % 4)
+    sock.sendall(struct.pack("<BxHHxx", 98, 2 + len(padded) // 4, len(name)) + padded)
+    while True:
+        packet = _read(sock, 32)
+        if len(packet) < 32:
+            raise ConnectionError("the display closed the connection")
+        if packet[0] == 1:
+            return bool(packet[8])
+        if packet[0] == 0:
+            raise ConnectionError(f"QueryExtension failed with X error {packet[1]}")
+        # An event: not ours; read on.
+
+
 def main() -> int:
     """Probe ``$DISPLAY`` with ``$XAUTHORITY``'s cookie; print what answered."""
     display = os.environ.get("DISPLAY", "")
@@ -110,10 +131,11 @@ def main() -> int:
     try:
         with connect(host, number) as sock:
             described = setup(sock, name, cookie)
+            shm = "granted" if has_extension(sock, b"MIT-SHM") else "hidden"
     except ConnectionError as e:
         print(f"x11passthrough probe: {e}", file=sys.stderr)
         return 1
-    print(f"probe: {described}, display {display}")
+    print(f"probe: {described}, MIT-SHM {shm}, display {display}")
     return 0
 
 
