@@ -27,8 +27,18 @@ virtual machine; times relative to a direct TCP connection to the X server):
   direction on the UNIX transport saved a little of the relay's CPU (0.85 instead of 0.90 and
   0.54 instead of 0.69 s/GB of GetImage) but its median GetImage time was worse in both runs
   (1.85x instead of 1.34x the bare socket, and 3.4x instead of 0.93x), and a 1 MiB send buffer
-  on the client's socket cost more CPU (1.09 instead of 0.69 s/GB): neither is kept. On a
-  connection granted MIT-SHM both directions copy anyway, to carry descriptors.
+  on the client's socket cost more CPU (1.09 instead of 0.69 s/GB): neither is kept. Once
+  more with the application benchmark (``bench_apps.py``, 3 interleaved rounds, load 3-5):
+  splicing the client's request bodies, the display's direction or both on the UNIX
+  transport gave PutImage 500 0.54x, 0.48x, 0.46x of the bare socket's rate against 0.51x
+  copying, GetImage 0.45x-0.59x against 0.52x, glxgears, Qt and Tk within the noise, and no
+  less relay CPU per operation: not kept. ``perf record`` of the relay under PutImage shows
+  why: copying is 3 % of its time; waking the peers and being woken (``sock_def_readable``,
+  ``finish_task_switch``) about 40 %, the interpreter about 10 %. A relay of two threads that
+  only ``recv_into`` and ``sendall`` (``benchmarks/_floor_relay.py``) moved PutImage 500 at
+  the same rate as this one (2,330-2,730 against 2,410-2,910 operations a second; the bare
+  socket 4,310-5,260): one more process in the path, not this relay's code, sets that floor.
+  On a connection granted MIT-SHM both directions copy anyway, to carry descriptors.
 - The client's direction passes the request filter, so it copies; but on TCP the body of a
   large request (64 KiB or more still to come once the filter has read its header: PutImage)
   is spliced (:class:`~.flows.BodySpliceFlow`). x11perf PutImage 500 in a container through
