@@ -420,3 +420,20 @@ def test_errors_are_ours_and_actionable(
         with pytest.raises(ConfigurationError):
             X11Passthrough(xvfb.display, **bad)  # type: ignore[arg-type]
     assert relay_threads() == []
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"transport": "unix", "bind": "127.0.0.1"}, "bind"),
+        ({"transport": "unix", "allow": ["10.0.0.0/8"]}, "allow"),
+    ],
+)
+def test_options_that_contradict_each_other_fail_at_construction(
+    options: dict[str, object], option: str
+) -> None:
+    """Raised by the constructor itself, carrying the option: nothing is started to find out."""
+    with pytest.raises(ConfigurationError) as refused:
+        X11Passthrough(":599", **options)  # type: ignore[arg-type]
+    assert refused.value.option == option
+    assert "transport" in str(refused.value)
