@@ -348,6 +348,28 @@ def test_tcp_nodelay_on_every_tcp_socket(relay_factory: Callable[..., RelayThrea
                     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
+def test_large_send_buffers_on_unix_sockets(
+    upstream_factory: Callable[..., Upstream],
+    relay_factory: Callable[..., RelayThread],
+) -> None:
+    """Both UNIX sockets of a connection send up to 1 MiB at once (where the kernel allows)."""
+    server = upstream_factory(echo)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(f"\0x11passthrough-test-listener-{secrets.token_hex(6)}")
+    unix.listen(8)
+    relay = relay_factory(server.endpoint, listeners=[unix])
+    with connect(relay) as client:
+        client.sendall(b"x")
+        assert recv_exactly(client, 1) == b"x"
+        (conn,) = relay.relay.connections
+        assert conn.display is not None
+        with open("/proc/sys/net/core/wmem_max") as limit:
+            allowed = min(int(limit.read()), 1024 * 1024)
+        for sock in (conn.client, conn.display):
+            # Linux reports twice what was set (its bookkeeping overhead).
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 2 * allowed
+
+
 def test_serves_several_listeners_of_any_family(
     upstream_factory: Callable[..., Upstream],
     relay_factory: Callable[..., RelayThread],

@@ -27,7 +27,12 @@ virtual machine; times relative to a direct TCP connection to the X server):
   direction on the UNIX transport saved a little of the relay's CPU (0.85 instead of 0.90 and
   0.54 instead of 0.69 s/GB of GetImage) but its median GetImage time was worse in both runs
   (1.85x instead of 1.34x the bare socket, and 3.4x instead of 0.93x), and a 1 MiB send buffer
-  on the client's socket cost more CPU (1.09 instead of 0.69 s/GB): neither is kept. Once
+  on the client's socket cost more CPU (1.09 instead of 0.69 s/GB): neither was kept then.
+  The send buffer, measured again on a quiet machine (``bench_apps.py``, 3 interleaved
+  rounds, load about 1.5): GetImage 500 0.72x of the bare socket's rate instead of 0.45x
+  (the floor relay: 0.63x) with the relay's CPU per operation down by a third, PutImage,
+  glxgears and Qt unchanged within the noise; 4 MiB no better than 1 MiB. Kept: every UNIX
+  socket of the relay, to clients and to the display, asks for 1 MiB. Once
   more with the application benchmark (``bench_apps.py``, 3 interleaved rounds, load 3-5):
   splicing the client's request bodies, the display's direction or both on the UNIX
   transport gave PutImage 500 0.54x, 0.48x, 0.46x of the bare socket's rate against 0.51x
