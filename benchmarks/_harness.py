@@ -302,15 +302,7 @@ def start_socat(
         start_new_session=True,
         text=True,
     )
-    forwarder = Forwarder(name, process, relay=False)
-    deadline = time.monotonic() + 10
-    while not ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            forwarder.stop()
-            raise BenchError(f"{name}: socat did not come up ({listen})")
-        time.sleep(0.02)
-    pin(process.pid, cpuset)
-    return forwarder
+    return _when_ready(Forwarder(name, process, relay=False), ready, f"socat ({listen})", cpuset)
 
 
 def start_floor(name: str, listen: Path, upstream: str, *, cpuset: str | None) -> Forwarder:
@@ -322,13 +314,20 @@ def start_floor(name: str, listen: Path, upstream: str, *, cpuset: str | None) -
         text=True,
     )
     forwarder = Forwarder(name, process, relay=False)
+    return _when_ready(forwarder, listen.exists, f"the floor relay ({listen})", cpuset)
+
+
+def _when_ready(
+    forwarder: Forwarder, ready: Callable[[], bool], what: str, cpuset: str | None
+) -> Forwarder:
+    """Return `forwarder` once `ready`, pinned to `cpuset`; stop it if it never is."""
     deadline = time.monotonic() + 10
-    while not listen.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
+    while not ready():
+        if forwarder.process.poll() is not None or time.monotonic() > deadline:
             forwarder.stop()
-            raise BenchError(f"{name}: the floor relay did not come up ({listen})")
+            raise BenchError(f"{forwarder.name}: {what} did not come up")
         time.sleep(0.02)
-    pin(process.pid, cpuset)
+    pin(forwarder.process.pid, cpuset)
     return forwarder
 
 

@@ -27,6 +27,7 @@ from infra.processes import wait_until
 from infra.relay_peers import (
     MODES,
     Upstream,
+    abstract_listener,
     connect,
     echo,
     open_fds,
@@ -354,9 +355,7 @@ def test_large_send_buffers_on_unix_sockets(
 ) -> None:
     """Both UNIX sockets of a connection send up to 1 MiB at once (where the kernel allows)."""
     server = upstream_factory(echo)
-    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    unix.bind(f"\0x11passthrough-test-listener-{secrets.token_hex(6)}")
-    unix.listen(8)
+    unix = abstract_listener()
     relay = relay_factory(server.endpoint, listeners=[unix])
     with connect(relay) as client:
         client.sendall(b"x")
@@ -376,9 +375,7 @@ def test_serves_several_listeners_of_any_family(
 ) -> None:
     """A TCP and a UNIX listener are served alike."""
     server = upstream_factory(echo)
-    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    unix.bind(f"\0x11passthrough-test-listener-{secrets.token_hex(6)}")
-    unix.listen(8)
+    unix = abstract_listener()
     relay = relay_factory(server.endpoint, listeners=[tcp_listener(), unix])
     for index in (0, 1):
         with connect(relay, index) as client:

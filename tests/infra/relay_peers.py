@@ -42,6 +42,14 @@ def tcp_listener(backlog: int = 128) -> socket.socket:
     return sock
 
 
+def abstract_listener(backlog: int = 8) -> socket.socket:
+    """A listening UNIX socket with a fresh abstract name."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(f"\0x11passthrough-test-listener-{secrets.token_hex(6)}")
+    sock.listen(backlog)
+    return sock
+
+
 def connect(relay: RelayThread | Relay, index: int = 0) -> socket.socket:
     """A blocking client connection to the relay's `index`-th listener."""
     inner = relay.relay if isinstance(relay, RelayThread) else relay
