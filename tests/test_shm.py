@@ -20,7 +20,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 
 from collections.abc import Callable
 
@@ -31,6 +30,7 @@ from x11passthrough._relay.shm import Credentials, Segment, may_attach
 from x11passthrough.exceptions import ConfigurationError
 from x11passthrough.xauth import Xauthority
 
+from infra.processes import wait_until
 from infra.rawx import Client, recv_exactly
 from infra.relay_peers import open_fds
 from infra.shm import BAD_ACCESS, PROBE
@@ -258,15 +258,6 @@ def test_descriptors_cross_the_relay_both_ways(xvfb: XServer) -> None:
             client.close()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 def closed(sock: socket.socket) -> bool:
     """Tell whether the relay closed `sock`'s connection (reading what is left of it)."""
     try:
@@ -300,8 +291,8 @@ def test_a_descriptor_flood_costs_only_its_own_connection(xvfb: XServer) -> None
                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [spare] * 16))],
                     )
                     bystander.sync()
-            assert wait_for(lambda: closed(flooder.sock))
-            assert wait_for(lambda: open_fds() <= baseline + 1), "the relay kept descriptors"
+            wait_until(lambda: closed(flooder.sock), "the flooder closed", timeout=30)
+            wait_until(lambda: open_fds() <= baseline + 1, "the relay's descriptors", timeout=30)
             bystander.sync()
             # More descriptors in one message than any client sends: closed at once.
             other = Client(str(args.socket), cookie)
@@ -310,9 +301,9 @@ def test_a_descriptor_flood_costs_only_its_own_connection(xvfb: XServer) -> None
                     [struct.pack("<BxH", 127, 1)],
                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [spare] * 40))],
                 )
-            assert wait_for(lambda: closed(other.sock))
+            wait_until(lambda: closed(other.sock), "the other client closed", timeout=30)
             other.close()
-            assert wait_for(lambda: open_fds() <= baseline + 1), "the relay kept descriptors"
+            wait_until(lambda: open_fds() <= baseline + 1, "the relay's descriptors", timeout=30)
             bystander.sync()
         finally:
             os.close(spare)
