@@ -19,6 +19,7 @@ from collections.abc import Callable
 import pytest
 
 from x11passthrough import RelayStats
+from x11passthrough._relay.sockets import UNIX_SNDBUF
 from x11passthrough._relay.thread import RelayThread
 from x11passthrough._x11.wire import failed_reply
 from x11passthrough.display import Endpoint
@@ -363,7 +364,7 @@ def test_large_send_buffers_on_unix_sockets(
         (conn,) = relay.relay.connections
         assert conn.display is not None
         with open("/proc/sys/net/core/wmem_max") as limit:
-            allowed = min(int(limit.read()), 1024 * 1024)
+            allowed = min(int(limit.read()), UNIX_SNDBUF)
         for sock in (conn.client, conn.display):
             # Linux reports twice what was set (its bookkeeping overhead).
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 2 * allowed

@@ -36,7 +36,7 @@ from .flows import (
 )
 from .options import SetupFilter
 from .passing import FdCopyFlow
-from .sockets import TCP_FAMILIES, close_socket, open_pipe
+from .sockets import TCP_FAMILIES, close_socket, open_pipe, widen_send_buffer
 from .stats import Outcome, Shared
 
 
@@ -54,8 +54,6 @@ REFUSAL_LINGER = 1.0
 FIRST_BYTE_WAIT = 0.5
 #: Pause between attempts to connect to a UNIX socket whose listener's backlog is full.
 UNIX_CONNECT_RETRY = 0.01
-#: Send buffer requested for UNIX connections to the display.
-DISPLAY_SNDBUF = 1024 * 1024
 
 _FILTER_FAILED = "x11passthrough: internal error while checking the connection setup"
 
@@ -380,10 +378,7 @@ class Connection:
         try:
             sock.setblocking(False)
             if family == socket.AF_UNIX:
-                # The sender's buffer limits a UNIX stream: a larger one means fewer wake-ups
-                # of the X server per large request. The kernel caps it at net.core.wmem_max.
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, DISPLAY_SNDBUF)
+                widen_send_buffer(sock)
                 await self._connect_unix(sock, address, timeout)
             else:
                 await asyncio.wait_for(self.loop.sock_connect(sock, address), timeout)

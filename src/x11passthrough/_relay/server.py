@@ -23,6 +23,7 @@ from .sockets import (
     check_listener,
     describe_address,
     local_name,
+    widen_send_buffer,
 )
 from .stats import Outcome, RelayStats, Shared
 
@@ -39,8 +40,6 @@ logger = logging.getLogger("x11passthrough")
 ACCEPT_BATCH = 64
 #: Pause of a listener after the process ran out of file descriptors.
 ACCEPT_BACKOFF = 0.1
-#: Send buffer requested for the relay's UNIX sockets to its clients.
-CLIENT_SNDBUF = 1024 * 1024
 #: Least seconds between two refreshes of the allowed networks (unknown clients trigger them).
 REFRESH_EVERY = 1.0
 _RETRY = (BlockingIOError, InterruptedError)
@@ -291,10 +290,7 @@ class Relay:
             if client.family in TCP_FAMILIES:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             elif client.family == socket.AF_UNIX:
-                # The sender's buffer bounds a UNIX stream: with 1 MiB a large reply (GetImage)
-                # goes to the client in one send, not one wake-up per 208 KiB (the kernel caps
-                # it at net.core.wmem_max). Measured in the design note (issue 19).
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SNDBUF)
+                widen_send_buffer(client)  # large replies (GetImage) in one send
         except OSError:
             # The client is already gone (reset before we looked at it).
             self.shared.counters.count(Outcome.ERROR)
