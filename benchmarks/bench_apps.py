@@ -125,7 +125,7 @@ PATHS: tuple[PathSpec, ...] = (
         "relay-shm",
         "`X11Passthrough(shm=True, display_range=range(1, 10))`",
         "relay",
-        options={"shm": True, "display_range": [1, 2, 3, 4, 5, 6, 7, 8, 9]},
+        options={"shm": True, "display_range": list(range(1, 10))},
     ),
     PathSpec(
         "relay-tcp", '`X11Passthrough(transport="tcp")`', "relay", options={"transport": "tcp"}

@@ -40,9 +40,10 @@ virtual machine; times relative to a direct TCP connection to the X server):
   less relay CPU per operation: not kept. ``perf record`` of the relay under PutImage shows
   why: copying is 3 % of its time; waking the peers and being woken (``sock_def_readable``,
   ``finish_task_switch``) about 40 %, the interpreter about 10 %. A relay of two threads that
-  only ``recv_into`` and ``sendall`` (``benchmarks/_floor_relay.py``) moved PutImage 500 at
-  the same rate as this one (2,330-2,730 against 2,410-2,910 operations a second; the bare
-  socket 4,310-5,260): one more process in the path, not this relay's code, sets that floor.
+  only ``recv_into`` and ``sendall`` (``benchmarks/_floor_relay.py``, the ``floor`` path of
+  ``bench_apps.py``: x11perf in a container, two quiet runs of 3 interleaved rounds) moved
+  PutImage 500 at 0.50-0.53x of the bare socket's rate, this relay at 0.53-0.55x: one more
+  process in the path, not this relay's code, sets that floor.
   On a connection granted MIT-SHM both directions copy anyway, to carry descriptors.
 - The client's direction passes the request filter, so it copies; but on TCP the body of a
   large request (64 KiB or more still to come once the filter has read its header: PutImage)
